@@ -1,0 +1,1 @@
+"""Alert rules, alerts, channels and notifications arrive with the alerts issue."""

@@ -1,0 +1,1 @@
+"""Gearman wire layer: codec, tracker and byte sources. Importable without Django."""

@@ -1,0 +1,342 @@
+"""Correlation state machine: decoded packets per connection in, job lifecycle events out.
+
+The tracker sees both directions of every connection to one gearmand and knows nothing of
+sockets or databases. It pairs each SUBMIT_JOB* with the JOB_CREATED that answers it (per
+connection, first in first out), follows the job to the worker connection that is assigned
+it, and turns WORK_* packets into events. A job is named by (boot, handle): gearmand
+restarts its handle counter at 1 when it restarts, so a counter that goes back starts a new
+boot.
+
+What it cannot know it does not invent: a job that was already queued or running when the
+capture started shows up with the facts later packets carry (handle, function, worker,
+result) and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .protocol import AdminLine, Packet, PacketType
+from .stream import ConnKey
+
+T = PacketType
+
+PRIORITY = {
+    T.SUBMIT_JOB: ("normal", False),
+    T.SUBMIT_JOB_BG: ("normal", True),
+    T.SUBMIT_JOB_HIGH: ("high", False),
+    T.SUBMIT_JOB_HIGH_BG: ("high", True),
+    T.SUBMIT_JOB_LOW: ("low", False),
+    T.SUBMIT_JOB_LOW_BG: ("low", True),
+    T.SUBMIT_JOB_EPOCH: ("normal", True),
+    T.SUBMIT_JOB_SCHED: ("normal", True),
+    T.SUBMIT_REDUCE_JOB: ("normal", False),
+    T.SUBMIT_REDUCE_JOB_BACKGROUND: ("normal", True),
+}
+ASSIGN_TYPES = frozenset({T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL})
+FINISH_KIND = {T.WORK_COMPLETE: "completed", T.WORK_FAIL: "failed", T.WORK_EXCEPTION: "exception"}
+PROGRESS_KIND = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
+
+#: how many finished handles to remember, so a result relayed to clients after the worker
+#: sent it (and WORK_FAIL after WORK_EXCEPTION) is not counted twice.
+FINISHED_MEMORY = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to one job. ``kind`` is one of the lifecycle event names."""
+
+    kind: str
+    boot: str
+    handle: str
+    ts: float
+    conn: str = ""
+    function: str | None = None
+    unique: str | None = None
+    priority: str | None = None
+    background: bool | None = None
+    epoch: int | None = None
+    worker: str | None = None
+    numerator: int | None = None
+    denominator: int | None = None
+    data: bytes | None = None
+    size: int = 0
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Submit:
+    function: str
+    unique: str
+    priority: str
+    background: bool
+    epoch: int | None
+    payload: bytes
+    size: int
+    ts: float
+
+
+@dataclass(slots=True)
+class _Conn:
+    key: ConnKey
+    pending: deque[_Submit | None] = field(default_factory=deque)
+    client_id: str = ""
+    waiting: set[str] = field(default_factory=set)  # fg handles this client waits on
+    holding: set[str] = field(default_factory=set)  # handles this worker was assigned
+    admin: deque[bytes] = field(default_factory=deque)  # admin commands awaiting a reply
+
+    @property
+    def worker_name(self) -> str:
+        return self.client_id or self.key.peer
+
+
+@dataclass(slots=True)
+class _Job:
+    function: str | None
+    background: bool | None
+    started: bool = False
+    waiters: set[ConnKey] = field(default_factory=set)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _int(raw: bytes) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def handle_number(handle: str) -> int | None:
+    """``H:host:1234`` → 1234; None when the handle has no numeric tail."""
+    tail = handle.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+class Tracker:
+    """Feed it with :meth:`packet`, :meth:`opened` and :meth:`closed`; events go to ``emit``."""
+
+    def __init__(
+        self, emit: Callable[[Event], None], *, boot: str = "0", payload_max: int = 65536
+    ) -> None:
+        self.emit = emit
+        self.payload_max = payload_max
+        self._pid = boot
+        self._generation = 0
+        self.boot = boot
+        self._max_handle = 0
+        self._conns: dict[ConnKey, _Conn] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self.counters = {"packets": 0, "events": 0, "unmatched_created": 0, "boots": 0}
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def opened(self, key: ConnKey) -> None:
+        self._conns[key] = _Conn(key)
+
+    def closed(self, key: ConnKey, ts: float) -> None:
+        conn = self._conns.pop(key, None)
+        if conn is None:
+            return
+        for handle in sorted(conn.holding):
+            job = self._jobs.get(handle)
+            if job is not None:
+                job.started = False
+                self._emit("worker_lost", handle, ts, conn, worker=conn.worker_name)
+        for handle in sorted(conn.waiting):
+            job = self._jobs.get(handle)
+            if job is None:
+                continue
+            job.waiters.discard(key)
+            if job.waiters:
+                continue
+            was = "running" if job.started else "queued"
+            self._emit("abandoned", handle, ts, conn, detail=was)
+            if not job.started and not job.background:
+                # gearmand drops a foreground job nobody waits for before it has started.
+                self._forget(handle)
+
+    def set_boot(self, pid: str, ts: float) -> None:
+        """gearmand's pid changed: every job HQ was following died with the old process."""
+        if pid == self._pid:
+            return
+        self._new_boot(ts, "gearmand restarted (pid changed)")
+        self._pid = pid
+        self._generation = 0
+        self.boot = pid
+
+    def active_handles(self) -> list[str]:
+        return list(self._jobs)
+
+    # -- packets --------------------------------------------------------------------------
+
+    def packet(self, key: ConnKey, item: Packet | AdminLine, ts: float) -> None:
+        conn = self._conns.get(key)
+        if conn is None:
+            conn = self._conns[key] = _Conn(key)
+        self.counters["packets"] += 1
+        if isinstance(item, AdminLine):
+            self._admin(conn, item, ts)
+        elif item.request:
+            self._request(conn, item, ts)
+        else:
+            self._response(conn, item, ts)
+
+    def _request(self, conn: _Conn, pkt: Packet, ts: float) -> None:
+        ptype = pkt.type
+        args = pkt.args
+        if ptype in PRIORITY:
+            conn.pending.append(self._submit(ptype, args, ts))
+        elif ptype in FINISH_KIND:
+            self._finish(conn, FINISH_KIND[ptype], args, ts)
+        elif ptype == T.WORK_STATUS:
+            self._emit(
+                "status", _text(args[0]), ts, conn,
+                numerator=_int(args[1]), denominator=_int(args[2]),
+            )
+        elif ptype in PROGRESS_KIND:
+            data, size = self._cap(args[1])
+            self._emit(PROGRESS_KIND[ptype], _text(args[0]), ts, conn, data=data, size=size)
+        elif ptype == T.SET_CLIENT_ID:
+            conn.client_id = _text(args[0])
+
+    def _response(self, conn: _Conn, pkt: Packet, ts: float) -> None:
+        ptype = pkt.type
+        if ptype == T.JOB_CREATED:
+            self._created(conn, _text(pkt.args[0]), ts)
+        elif ptype in ASSIGN_TYPES:
+            self._assigned(conn, pkt, ts)
+        elif ptype == T.ERROR and conn.pending:
+            conn.pending.popleft()  # the submit was refused (e.g. SUBMIT_JOB_SCHED)
+        elif ptype in FINISH_KIND:
+            handle = _text(pkt.args[0])
+            if handle not in self._finished and handle in self._jobs:
+                # gearmand itself ended the job (--job-retries exhausted).
+                self._finish(conn, FINISH_KIND[ptype], pkt.args, ts, by_server=True)
+
+    def _admin(self, conn: _Conn, line: AdminLine, ts: float) -> None:
+        text = line.text
+        if text.startswith(b"cancel job "):
+            conn.admin.append(text[11:].strip())
+        elif conn.admin and text in (b"OK", b"ERR"):
+            handle = _text(conn.admin.popleft())
+            if text == b"OK" and handle in self._jobs:
+                self._emit("cancelled", handle, ts, conn, detail="cancel job (admin)")
+                self._forget(handle)
+
+    # -- the steps of a job ---------------------------------------------------------------
+
+    def _submit(self, ptype: int, args: tuple[bytes, ...], ts: float) -> _Submit:
+        priority, background = PRIORITY[ptype]
+        epoch = _int(args[2]) if ptype == T.SUBMIT_JOB_EPOCH else None
+        data, size = self._cap(args[-1])
+        return _Submit(
+            _text(args[0]), _text(args[1]), priority, background, epoch, data or b"", size, ts
+        )
+
+    def _created(self, conn: _Conn, handle: str, ts: float) -> None:
+        sub = conn.pending.popleft() if conn.pending else None
+        if sub is None:
+            self.counters["unmatched_created"] += 1
+            return
+        self._check_counter(handle, ts)
+        job = self._jobs.get(handle)
+        if job is not None and handle not in self._finished:
+            if not sub.background:
+                job.waiters.add(conn.key)
+                conn.waiting.add(handle)
+            self._emit("attached", handle, sub.ts, conn, background=sub.background)
+            return
+        self._finished.pop(handle, None)
+        job = self._jobs[handle] = _Job(sub.function, sub.background)
+        if not sub.background:
+            job.waiters.add(conn.key)
+            conn.waiting.add(handle)
+        self._emit(
+            "submitted", handle, sub.ts, conn, function=sub.function, unique=sub.unique,
+            priority=sub.priority, background=sub.background, epoch=sub.epoch,
+            data=sub.payload, size=sub.size,
+        )
+
+    def _assigned(self, conn: _Conn, pkt: Packet, ts: float) -> None:
+        args = pkt.args
+        handle, function = _text(args[0]), _text(args[1])
+        unique = _text(args[2]) if pkt.type != T.JOB_ASSIGN else None
+        job = self._jobs.get(handle)
+        if job is None:
+            # Queued before the capture began: record what the assignment tells us.
+            job = self._jobs[handle] = _Job(function, None)
+            self._finished.pop(handle, None)
+        job.started = True
+        conn.holding.add(handle)
+        data, size = self._cap(args[-1])
+        self._emit(
+            "started", handle, ts, conn, function=function, unique=unique,
+            worker=conn.worker_name, data=data, size=size,
+        )
+
+    def _finish(
+        self, conn: _Conn, kind: str, args: tuple[bytes, ...], ts: float, by_server: bool = False
+    ) -> None:
+        handle = _text(args[0])
+        if handle in self._finished:
+            return
+        data, size = self._cap(args[1]) if len(args) > 1 else (None, 0)
+        conn.holding.discard(handle)
+        detail = "gearmand gave up on the job (job retries exhausted)" if by_server else ""
+        self._emit(kind, handle, ts, conn, worker=None if by_server else conn.worker_name,
+                   data=data, size=size, detail=detail)
+        self._forget(handle)
+
+    def _forget(self, handle: str) -> None:
+        job = self._jobs.pop(handle, None)
+        if job is not None:
+            for key in job.waiters:
+                waiter = self._conns.get(key)
+                if waiter is not None:
+                    waiter.waiting.discard(handle)
+        finished = self._finished
+        finished[handle] = None
+        if len(finished) > FINISHED_MEMORY:
+            finished.popitem(last=False)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check_counter(self, handle: str, ts: float) -> None:
+        number = handle_number(handle)
+        if number is None:
+            return
+        top = self._max_handle
+        if (number <= 2 and top > 50) or top - number > 5000:
+            self._new_boot(ts, "gearmand restarted (handle counter went back)")
+            self._generation += 1
+            self.boot = f"{self._pid}.{self._generation}"
+            top = 0
+        self._max_handle = max(top, number)
+
+    def _new_boot(self, ts: float, why: str) -> None:
+        for handle in list(self._jobs):
+            self._emit("lost", handle, ts, None, detail=why)
+            self._forget(handle)
+        for conn in self._conns.values():
+            conn.holding.clear()
+            conn.waiting.clear()
+        self._finished.clear()
+        self._max_handle = 0
+        self.counters["boots"] += 1
+
+    def _cap(self, raw: bytes) -> tuple[bytes, int]:
+        size = len(raw)
+        return (raw if size <= self.payload_max else raw[: self.payload_max]), size
+
+    def _emit(
+        self, kind: str, handle: str, ts: float, conn: _Conn | None, **fields: object
+    ) -> None:
+        self.counters["events"] += 1
+        peer = conn.key.peer if conn is not None else ""
+        self.emit(Event(kind, self.boot, handle, ts, peer, **fields))  # type: ignore[arg-type]

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class HqConfig(AppConfig):
+    name = "hq"
+    verbose_name = "Gearman HQ"

@@ -1,0 +1,84 @@
+"""One error family for the whole app and the single place it becomes JSON.
+
+Services raise :class:`HQError` subclasses; the DRF exception handler below turns those and
+DRF's own errors into ``{"error": {"code", "message", "fields"?}}`` with a proper status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+
+class HQError(Exception):
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, *, fields: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class InvalidInput(HQError):
+    code = "invalid"
+
+
+class NotFound(HQError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(HQError):
+    code = "conflict"
+    status = 409
+
+
+class Unavailable(HQError):
+    code = "unavailable"
+    status = 503
+
+
+def error_body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
+def _flatten(detail: Any) -> dict[str, list[str]]:
+    if isinstance(detail, dict):
+        return {
+            str(k): [str(x) for x in (v if isinstance(v, list) else [v])]
+            for k, v in detail.items()
+        }
+    items = detail if isinstance(detail, list) else [detail]
+    return {"non_field_errors": [str(x) for x in items]}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, HQError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if isinstance(exc, Http404):
+        return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first = next(iter(fields.items()))
+        message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
+        return Response(error_body("invalid", message, fields), status=400)
+    if isinstance(exc, exceptions.APIException):
+        headers = {}
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+            headers["WWW-Authenticate"] = 'Bearer realm="api"'
+            code, status_code = "unauthenticated", 401
+        else:
+            code, status_code = str(exc.default_code), exc.status_code
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return Response(error_body(code, str(detail)), status=status_code, headers=headers)
+    return None

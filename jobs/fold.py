@@ -1,0 +1,177 @@
+"""Fold a batch of lifecycle events into one change ("delta") per job.
+
+Pure Python, no database: ``jobs/ingest.py`` writes the deltas with one upsert whose SQL
+merges them into the rows already stored (see ``UPSERT_SQL`` there). Keeping the rules
+here, in one place, lets tests check them on event lists alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+#: the events that set a job's state, and the state they set
+STATE_OF = {
+    "started": "running",
+    "completed": "completed",
+    "failed": "failed",
+    "exception": "failed",
+    "worker_lost": "queued",
+    "cancelled": "cancelled",
+    "lost": "lost",
+}
+FINISHING = frozenset({"completed", "failed", "exception", "cancelled", "lost"})
+
+
+@dataclass(slots=True)
+class Delta:
+    """What one batch says about one job. ``None`` means "the batch says nothing"."""
+
+    boot: str
+    handle: str
+    function: str | None = None
+    unique: str | None = None
+    priority: str | None = None
+    background: bool | None = None
+    state: str | None = None
+    state_initial: bool = False  # only a submit set the state: never overrides a stored one
+    submitted_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    first_started_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    worker: str | None = None
+    progress_numerator: int | None = None
+    progress_denominator: int | None = None
+    payload_text: str | None = None
+    payload_bin: bytes | None = None
+    payload_size: int | None = None
+    result_text: str | None = None
+    result_bin: bytes | None = None
+    result_size: int | None = None
+    error: str | None = None
+    clients: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """An event as the writer stores it (the tracker's Event plus resolved ids)."""
+
+    id: object
+    at: datetime
+    boot: str  # the tracker's boot token; the writer maps it to a Boot row
+    handle: str
+    kind: str
+    conn: str
+    worker: str
+    numerator: int | None
+    denominator: int | None
+    data_text: str | None
+    data_bin: bytes | None
+    size: int
+    detail: str
+    function: str | None = None
+    unique: str | None = None
+    priority: str | None = None
+    background: bool | None = None
+    scheduled_for: datetime | None = None
+
+
+def split_bytes(raw: bytes | None) -> tuple[str | None, bytes | None]:
+    """Text when it is valid UTF-8 Postgres can hold (no NUL), else bytes."""
+    if raw is None:
+        return None, None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, raw
+    if "\0" in text:
+        return None, raw
+    return text, None
+
+
+def fold(rows: list[EventRow]) -> list[Delta]:
+    """One delta per (boot, handle), applying the rows in order."""
+    deltas: dict[tuple[str, str], Delta] = {}
+    for row in rows:
+        key = (row.boot, row.handle)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta(row.boot, row.handle)
+        apply(delta, row)
+    return list(deltas.values())
+
+
+def apply(d: Delta, row: EventRow) -> None:
+    kind = row.kind
+    if row.function is not None:
+        d.function = row.function
+    if row.unique is not None and row.unique != "":
+        d.unique = row.unique
+    if kind == "submitted":
+        _submitted(d, row)
+    elif kind == "attached":
+        d.clients += 1
+    elif kind == "started":
+        _started(d, row)
+    elif kind == "status":
+        d.progress_numerator = row.numerator
+        d.progress_denominator = row.denominator
+    elif kind == "abandoned":
+        if row.detail == "queued":  # gearmand drops a queued job nobody waits for
+            _set_state(d, "lost", row)
+            d.error = "the client went away before a worker took the job"
+        return
+    if kind in STATE_OF:
+        _set_state(d, STATE_OF[kind], row)
+        _finished(d, row)
+
+
+def _submitted(d: Delta, row: EventRow) -> None:
+    d.priority = row.priority
+    d.background = row.background
+    d.submitted_at = row.at
+    d.scheduled_for = row.scheduled_for
+    d.payload_text, d.payload_bin, d.payload_size = row.data_text, row.data_bin, row.size
+    d.clients += 1
+    if d.state is None:
+        d.state = "scheduled" if row.scheduled_for is not None else "queued"
+        d.state_initial = True
+
+
+def _started(d: Delta, row: EventRow) -> None:
+    d.attempts += 1
+    d.worker = row.worker or None
+    d.started_at = row.at
+    if d.first_started_at is None:
+        d.first_started_at = row.at
+    d.finished_at = None
+    if d.payload_size is None and row.size:
+        # joined mid-stream: the assignment carries the payload the submit did
+        d.payload_text, d.payload_bin, d.payload_size = row.data_text, row.data_bin, row.size
+
+
+def _set_state(d: Delta, state: str, row: EventRow) -> None:
+    d.state = state
+    d.state_initial = False
+    if state == "queued":
+        d.progress_numerator = d.progress_denominator = 0
+
+
+def _finished(d: Delta, row: EventRow) -> None:
+    kind = row.kind
+    if kind not in FINISHING:
+        return
+    d.finished_at = row.at
+    if row.worker:
+        d.worker = row.worker
+    if kind == "completed":
+        d.result_text, d.result_bin, d.result_size = row.data_text, row.data_bin, row.size
+    elif kind == "exception":
+        text = row.data_text if row.data_text is not None else repr(row.data_bin)
+        d.error = text or "exception (no message)"
+    elif kind == "failed":
+        d.error = row.detail or "the worker reported failure (WORK_FAIL)"
+    else:
+        d.error = row.detail or kind
