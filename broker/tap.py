@@ -23,9 +23,22 @@ class TapSink:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self._parsers: dict[tuple[ConnKey, bool], Parser] = {}
+        self._pending_boot: str | None = None
         self.counters = {"connections": 0, "bytes": 0, "decode_errors": 0, "gaps": 0}
 
+    def request_boot(self, pid: str) -> None:
+        """Called from another thread (the boot watcher); applied on the source's thread at
+        the next callback, because the tracker is not thread-safe."""
+        self._pending_boot = pid
+
+    def _apply_boot(self, ts: float) -> None:
+        pid, self._pending_boot = self._pending_boot, None
+        if pid is not None:
+            self.tracker.set_boot(pid, ts)
+
     def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
+        if self._pending_boot is not None:
+            self._apply_boot(ts)
         self.counters["connections"] += 1
         for from_peer in (True, False):
             parser = self._parsers[(conn, from_peer)] = Parser()
@@ -34,6 +47,8 @@ class TapSink:
         self.tracker.opened(conn)
 
     def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
+        if self._pending_boot is not None:
+            self._apply_boot(ts)
         self.counters["bytes"] += len(data)
         parser = self._parsers.get((conn, from_peer))
         if parser is None:  # a source that did not announce the connection

@@ -97,6 +97,7 @@ class _Job:
     function: str | None
     background: bool | None
     started: bool = False
+    submitted: bool = False  # False while HQ knows the job only from its assignment
     waiters: set[ConnKey] = field(default_factory=set)
 
 
@@ -223,7 +224,7 @@ class Tracker:
         text = line.text
         if text.startswith(b"cancel job "):
             conn.admin.append(text[11:].strip())
-        elif conn.admin and text in (b"OK", b"ERR"):
+        elif conn.admin and (text == b"OK" or text.startswith(b"ERR")):
             handle = _text(conn.admin.popleft())
             if text == b"OK" and handle in self._jobs:
                 self._emit("cancelled", handle, ts, conn, detail="cancel job (admin)")
@@ -246,22 +247,31 @@ class Tracker:
             return
         self._check_counter(handle, ts)
         job = self._jobs.get(handle)
-        if job is not None and handle not in self._finished:
-            if not sub.background:
-                job.waiters.add(conn.key)
-                conn.waiting.add(handle)
+        if not sub.background and job is not None:
+            job.waiters.add(conn.key)
+            conn.waiting.add(handle)
+        if job is not None and job.submitted:
             self._emit("attached", handle, sub.ts, conn, background=sub.background)
             return
-        self._finished.pop(handle, None)
-        job = self._jobs[handle] = _Job(sub.function, sub.background)
+        submitted: dict[str, object] = {
+            "function": sub.function, "unique": sub.unique, "priority": sub.priority,
+            "background": sub.background, "epoch": sub.epoch, "data": sub.payload,
+            "size": sub.size,
+        }
+        if job is None and handle in self._finished:
+            # the job ran and ended before its JOB_CREATED was on the wire (a fast worker)
+            self._emit("submitted", handle, sub.ts, conn, **submitted)
+            return
+        if job is None:
+            # gearmand may hand the job to a worker before this JOB_CREATED is on the
+            # wire; then the job is already known from its assignment.
+            job = self._jobs[handle] = _Job(sub.function, sub.background)
+        job.submitted = True
+        job.background = sub.background
         if not sub.background:
             job.waiters.add(conn.key)
             conn.waiting.add(handle)
-        self._emit(
-            "submitted", handle, sub.ts, conn, function=sub.function, unique=sub.unique,
-            priority=sub.priority, background=sub.background, epoch=sub.epoch,
-            data=sub.payload, size=sub.size,
-        )
+        self._emit("submitted", handle, sub.ts, conn, **submitted)
 
     def _assigned(self, conn: _Conn, pkt: Packet, ts: float) -> None:
         args = pkt.args

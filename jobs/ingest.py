@@ -103,8 +103,8 @@ UPDATE jobs_job j SET
     started_at = coalesce(s.started_at, j.started_at),
     finished_at = CASE WHEN s.started_at IS NOT NULL OR s.state = 'queued' THEN s.finished_at
                        ELSE coalesce(s.finished_at, j.finished_at) END,
-    wait_ms = coalesce(j.wait_ms,
-        {_ms("s.first_started_at", "coalesce(j.submitted_at, s.submitted_at)")}),
+    wait_ms = coalesce(j.wait_ms, {_ms("coalesce(s.first_started_at, j.started_at)",
+                                        "coalesce(j.submitted_at, s.submitted_at)")}),
     runtime_ms = CASE
         WHEN s.finished_at IS NOT NULL
             THEN {_ms("s.finished_at", "coalesce(s.started_at, j.started_at)")}

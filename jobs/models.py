@@ -30,7 +30,8 @@ class Job(models.Model):
     """
 
     server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="jobs")
-    boot = models.ForeignKey(Boot, on_delete=models.PROTECT, related_name="jobs")
+    boot = models.ForeignKey(Boot, on_delete=models.PROTECT, related_name="jobs",
+                             db_index=False)  # (boot, handle) is unique: that index serves
     handle = models.CharField(max_length=255)
     function = models.CharField(max_length=255, blank=True, default="")
     unique = models.CharField(max_length=255, blank=True, default="")
@@ -65,9 +66,10 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["handle"], name="job_handle"),
             models.Index(fields=["unique"], name="job_unique"),
-            models.Index(fields=["-submitted_at", "-id"], name="job_submitted"),
-            models.Index(fields=["function", "-submitted_at"], name="job_function_submitted"),
-            models.Index(fields=["worker", "-submitted_at"], name="job_worker_submitted"),
+            models.Index(fields=["submitted_at"], name="job_submitted"),
+            models.Index(fields=["function", "-id"], name="job_function"),
+            models.Index(fields=["worker", "-id"], name="job_worker"),
+            models.Index(fields=["state", "-id"], name="job_state"),
             models.Index(
                 fields=["function", "state"], name="job_active",
                 condition=models.Q(state__in=["queued", "running", "scheduled"]),
@@ -75,6 +77,7 @@ class Job(models.Model):
             GinIndex(fields=["payload_text"], opclasses=["gin_trgm_ops"], name="job_payload_trgm"),
             GinIndex(fields=["handle"], opclasses=["gin_trgm_ops"], name="job_handle_trgm"),
             GinIndex(fields=["unique"], opclasses=["gin_trgm_ops"], name="job_unique_trgm"),
+            GinIndex(fields=["function"], opclasses=["gin_trgm_ops"], name="job_function_trgm"),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,74 @@
+"""REST endpoints for jobs: thin, they call selectors and services."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+
+from . import selectors
+from .models import Job, JobEvent
+from .serializers import JobEventSerializer, JobSerializer
+
+
+class NewestFirst(CursorPagination):
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+
+class OldestFirst(CursorPagination):
+    ordering = ("at", "id")
+    page_size = 200
+    page_size_query_param = "limit"
+    max_page_size = 1000
+
+
+JOB_FILTERS = [
+    OpenApiParameter(name, OpenApiTypes.STR, description=desc) for name, desc in [
+        ("handle", "gearmand job handle, exact (e.g. H:box:1234)"),
+        ("function", "function name, exact"),
+        ("state", "one state or several, comma-separated"),
+        ("unique", "unique key, exact"),
+        ("worker", "worker client id or address, exact"),
+        ("server", "server name"),
+        ("submitted_after", "ISO 8601 time"),
+        ("submitted_before", "ISO 8601 time"),
+        ("q", "handle, unique, function or payload text (substring)"),
+    ]
+]
+
+
+@extend_schema(parameters=JOB_FILTERS)
+class JobList(generics.ListAPIView):
+    serializer_class = JobSerializer
+    pagination_class = NewestFirst
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        request: Request = self.request  # type: ignore[assignment]
+        return selectors.search_jobs(request.query_params).select_related("boot")
+
+
+class JobDetail(generics.RetrieveAPIView):
+    serializer_class = JobSerializer
+
+    def get_object(self) -> Job:
+        return selectors.get_job(self.kwargs["pk"])
+
+
+class JobEvents(generics.ListAPIView):
+    serializer_class = JobEventSerializer
+    pagination_class = OldestFirst
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        job = selectors.get_job(self.kwargs["pk"])
+        return selectors.job_events(job)
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context()
+
+
+__all__ = ["JobDetail", "JobEvent", "JobEvents", "JobList"]

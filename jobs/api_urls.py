@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("jobs/", api.JobList.as_view(), name="api-jobs"),
+    path("jobs/<int:pk>/", api.JobDetail.as_view(), name="api-job"),
+    path("jobs/<int:pk>/events/", api.JobEvents.as_view(), name="api-job-events"),
+]

@@ -1,0 +1,52 @@
+"""Watch a gearmand passively: tcpdump on its port → tracker → Postgres."""
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from broker.capture import CaptureError, CaptureSource
+from jobs.taprun import TapRunner
+
+log = logging.getLogger("hq.tap")
+
+
+class Command(BaseCommand):
+    help = "Record every job of a gearmand by capturing its traffic (needs root or CAP_NET_RAW)."
+
+    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+        parser.add_argument("--interface", default="lo", help="interface to capture on")
+        parser.add_argument("--port", type=int, default=4730, help="gearmand's port")
+        parser.add_argument("--server", default=settings.HQ_SERVER_NAME,
+                            help="name of this gearmand in HQ")
+        parser.add_argument("--gearman-host", default="127.0.0.1",
+                            help="where to ask gearmand for its pid (admin protocol)")
+
+    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+        runner = TapRunner(opts["server"], (opts["gearman_host"], opts["port"]))
+        source = CaptureSource(opts["interface"], opts["port"], runner.sink)
+        runner.source_stats = source.stats
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: source.stop())
+        runner.start()
+        threading.Thread(target=self._announce, args=(source, opts), daemon=True).start()
+        started = time.monotonic()
+        try:
+            source.run()
+        except CaptureError as exc:
+            raise CommandError(f"capture failed: {exc}. Without capture rights, run "
+                               "gearman_proxy instead (HQ_TAP_MODE=proxy).") from exc
+        finally:
+            runner.stop()
+        log.info("capture ran %.1f s", time.monotonic() - started)
+
+    def _announce(self, source: CaptureSource, opts: dict) -> None:
+        """One line once tcpdump listens: scripts and tests wait for it."""
+        source.ready.wait()
+        sys.stderr.write(f"HQ capture ready: {opts['interface']} port {opts['port']} "
+                         f"as server {opts['server']!r}\n")
+        sys.stderr.flush()

@@ -1,0 +1,91 @@
+"""Reads: job search and a job's timeline. Views and the API call these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from django.db.models import Q, QuerySet
+from django.utils.dateparse import parse_datetime
+
+from hq.errors import InvalidInput, NotFound
+
+from . import lookups  # noqa: F401  (registers __ilike)
+from .models import Job, JobEvent, State
+
+FILTERS = ("handle", "function", "state", "unique", "worker", "server",
+           "submitted_after", "submitted_before", "q")
+STATES = {s.value for s in State}
+
+
+def _time(name: str, raw: str) -> datetime:
+    value = parse_datetime(raw.strip().replace(" ", "+", 1) if "T" in raw else raw.strip())
+    if value is None:
+        raise InvalidInput(f"{name} is not an ISO 8601 time: {raw!r}",
+                           fields={name: ["Use ISO 8601, e.g. 2026-11-24T10:00:00Z."]})
+    if value.tzinfo is None:
+        from datetime import UTC
+
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def _states(raw: str) -> list[str]:
+    states = [s.strip() for s in raw.split(",") if s.strip()]
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        choices = ", ".join(sorted(STATES))
+        raise InvalidInput(f"unknown state {bad[0]!r}",
+                           fields={"state": [f"Choose from: {choices}."]})
+    return states
+
+
+def search_jobs(params: Mapping[str, str]) -> QuerySet[Job]:
+    """Jobs matching the filters in ``params`` (the REST/UI query string), newest first.
+
+    ``q`` is the one search box: a handle, unique key, function name or any text in the
+    payload (case-insensitive substring, served by trigram indexes).
+    """
+    qs = Job.objects.select_related("server")
+    value = {k: (params.get(k) or "").strip() for k in FILTERS}
+    for name in ("handle", "function", "unique", "worker"):
+        if value[name]:
+            qs = qs.filter(**{name: value[name]})
+    if value["server"]:
+        qs = qs.filter(server__name=value["server"])
+    if value["state"]:
+        qs = qs.filter(state__in=_states(value["state"]))
+    if value["submitted_after"]:
+        qs = qs.filter(submitted_at__gte=_time("submitted_after", value["submitted_after"]))
+    if value["submitted_before"]:
+        qs = qs.filter(submitted_at__lt=_time("submitted_before", value["submitted_before"]))
+    if value["q"]:
+        qs = qs.filter(_text_match(value["q"]))
+    return qs.order_by("-id")
+
+
+def _text_match(text: str) -> Q:
+    if len(text) > 500:
+        raise InvalidInput("q is too long (500 characters at most)",
+                           fields={"q": ["500 characters at most."]})
+    exact = Q(handle=text) | Q(unique=text) | Q(function=text)
+    if len(text) < 3:  # too short for a trigram index: exact matches only
+        return exact
+    return (exact | Q(handle__ilike=text) | Q(unique__ilike=text)
+            | Q(function__ilike=text) | Q(payload_text__ilike=text))
+
+
+def get_job(job_id: int | str) -> Job:
+    try:
+        return Job.objects.select_related("server", "boot").get(pk=int(job_id))
+    except (Job.DoesNotExist, ValueError, TypeError):
+        raise NotFound(f"No job with id {job_id}.") from None
+
+
+def exact_job(text: str) -> Job | None:
+    """The job a search box text names exactly (a handle, newest boot first), if one does."""
+    return Job.objects.filter(handle=text.strip()).order_by("-id").first()
+
+
+def job_events(job: Job) -> QuerySet[JobEvent]:
+    return JobEvent.objects.filter(boot_id=job.boot_id, handle=job.handle).order_by("at", "id")

@@ -1,0 +1,83 @@
+"""JSON shapes of the v1 REST contract (field names are fixed: scripts depend on them)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from rest_framework import serializers
+
+from .models import Job, JobEvent
+
+
+def encode(value: bytes | str | None) -> tuple[str | None, str | None]:
+    """(text, encoding): text as is, bytes as base64."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        return value, "utf-8"
+    return base64.b64encode(value).decode(), "base64"
+
+
+class JobSerializer(serializers.ModelSerializer):
+    server = serializers.CharField(source="server.name")
+    priority = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+    payload = serializers.SerializerMethodField()
+    payload_encoding = serializers.SerializerMethodField()
+    payload_truncated = serializers.BooleanField(read_only=True)
+    result = serializers.SerializerMethodField()
+    result_encoding = serializers.SerializerMethodField()
+    result_truncated = serializers.BooleanField(read_only=True)
+    boot = serializers.CharField(source="boot.token", default=None)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "server", "boot", "handle", "function", "unique", "priority", "background",
+            "state", "submitted_at", "scheduled_for", "started_at", "finished_at", "wait_ms",
+            "runtime_ms", "attempts", "worker", "progress", "payload", "payload_encoding",
+            "payload_size", "payload_truncated", "result", "result_encoding", "result_size",
+            "result_truncated", "error", "clients", "retry_of",
+        ]
+
+    def get_priority(self, job: Job) -> str | None:
+        return job.priority or None
+
+    def get_progress(self, job: Job) -> dict[str, int] | None:
+        if not job.progress_denominator:
+            return None
+        return {"numerator": job.progress_numerator or 0,
+                "denominator": job.progress_denominator}
+
+    def get_payload(self, job: Job) -> str | None:
+        return encode(job.payload)[0]
+
+    def get_payload_encoding(self, job: Job) -> str | None:
+        return encode(job.payload)[1]
+
+    def get_result(self, job: Job) -> str | None:
+        return encode(job.result)[0]
+
+    def get_result_encoding(self, job: Job) -> str | None:
+        return encode(job.result)[1]
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    data = serializers.SerializerMethodField()
+    data_encoding = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JobEvent
+        fields = ["id", "at", "kind", "worker", "conn", "numerator", "denominator", "data",
+                  "data_encoding", "size", "detail"]
+
+    def get_data(self, event: JobEvent) -> str | None:
+        return encode(event.data)[0]
+
+    def get_data_encoding(self, event: JobEvent) -> str | None:
+        return encode(event.data)[1]
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return dict(JobSerializer(job).data)

@@ -1,0 +1,92 @@
+"""Running a tap: byte source → TapSink (parser + tracker) → EventWriter → Postgres.
+
+Shared by ``manage.py gearman_capture`` and ``manage.py gearman_proxy``. Besides wiring the
+parts, it watches gearmand's pid (admin ``getpid``) so a restart starts a new boot, logs
+the counters every ``HQ_TAP_STATS_INTERVAL`` seconds and flushes everything on stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+
+from broker.admin import AdminClient, AdminError
+from broker.tap import TapSink, make_tap
+
+from .ingest import EventWriter, conninfo_from_settings
+
+log = logging.getLogger("hq.tap")
+
+
+def read_pid(host: str, port: int, wait_s: float = 5.0) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with AdminClient(host, port, timeout=2) as admin:
+                return admin.getpid()
+        except AdminError as exc:
+            if time.monotonic() >= deadline:
+                log.warning("getpid failed (%s); jobs go under boot '0' until it answers", exc)
+                return None
+            time.sleep(0.25)
+
+
+class TapRunner:
+    def __init__(self, server: str, gearman: tuple[str, int], *, stats_interval: float = 30.0,
+                 poll_interval: float = 5.0) -> None:
+        self.server = server
+        self.gearman = gearman
+        self.writer = EventWriter(
+            server, conninfo_from_settings(), spool_dir=settings.HQ_SPOOL_DIR,
+            batch=settings.HQ_INGEST_BATCH, flush_ms=settings.HQ_INGEST_FLUSH_MS,
+            address=f"{gearman[0]}:{gearman[1]}",
+        )
+        self.pid = read_pid(*gearman) or "0"
+        self.sink: TapSink = make_tap(self.writer.emit, boot=self.pid,
+                                      payload_max=settings.HQ_PAYLOAD_MAX)
+        self.source_stats: Any = lambda: {}
+        self._stop = threading.Event()
+        self._stats_interval = stats_interval
+        self._poll_interval = poll_interval
+
+    def start(self) -> None:
+        self.writer.start()
+        threading.Thread(target=self._watch_boot, name="hq-boot-watch", daemon=True).start()
+        threading.Thread(target=self._log_stats, name="hq-tap-stats", daemon=True).start()
+        log.info("tap for server %r watching gearmand %s:%d (pid %s)", self.server,
+                 *self.gearman, self.pid)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.writer.stop()
+        log.info("tap stopped: %s", json.dumps(self.stats(), sort_keys=True))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "source": self.source_stats(),
+            "tap": dict(self.sink.counters),
+            "tracker": dict(self.sink.tracker.counters),
+            "writer": dict(self.writer.counters, queued=self.writer.queued,
+                           spool_batches=len(self.writer.spool)),
+        }
+
+    def _watch_boot(self) -> None:
+        while not self._stop.wait(self._poll_interval):
+            try:
+                with AdminClient(*self.gearman, timeout=2) as admin:
+                    pid = admin.getpid()
+            except AdminError:
+                continue  # gearmand down: the next answer tells whether it restarted
+            if pid != self.pid:
+                log.warning("gearmand pid changed %s -> %s: new boot", self.pid, pid)
+                self.pid = pid
+                self.sink.request_boot(pid)
+
+    def _log_stats(self) -> None:
+        while not self._stop.wait(self._stats_interval):
+            log.info("tap stats: %s", json.dumps(self.stats(), sort_keys=True))

@@ -1,0 +1,88 @@
+"""The gearman CLI (gearman-tools, libgearman) through HQ's tap, in capture and proxy mode."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import Tap, wait_for, wait_jobs
+
+pytestmark = pytest.mark.gearmand
+
+
+def gearman(port: int, *args: str, stdin: str | None = None, timeout: float = 20) -> str:
+    out = subprocess.run(["gearman", "-h", "127.0.0.1", "-p", str(port), *args], input=stdin,
+                         capture_output=True, text=True, timeout=timeout, check=True)
+    return out.stdout
+
+
+def start_worker(port: int, function: str, *cmd: str) -> subprocess.Popen:
+    proc = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(port), "-w", "-f",
+                             function, "--", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc
+
+
+def test_foreground_jobs_are_recorded_and_replies_unchanged(tap: Tap) -> None:
+    worker = start_worker(tap.port, "rev", "rev")
+    try:
+        replies = [gearman(tap.port, "-f", "rev", stdin=f"order {i}\n") for i in range(3)]
+    finally:
+        worker.terminate()
+        worker.wait()
+    assert replies == [f"{i} redro\n" for i in range(3)]
+    jobs = wait_jobs(tap.server, 3, state="completed")
+    assert [j.payload for j in jobs] == [f"order {i}\n" for i in range(3)]
+    assert [j.result for j in jobs] == [f"{i} redro\n" for i in range(3)]
+    for job in jobs:
+        assert job.function == "rev"
+        assert job.background is False
+        assert job.attempts == 1
+        assert job.worker  # the worker's address (the CLI sets no client id)
+        assert job.runtime_ms is not None and job.runtime_ms >= 0
+        assert job.wait_ms is not None and job.wait_ms >= 0
+        assert job.handle.startswith("H:")
+        assert job.clients == 1
+
+
+def test_background_job_waits_in_queue_until_a_worker_comes(tap: Tap) -> None:
+    gearman(tap.port, "-b", "-f", "slowq", "payload-1")
+    (queued,) = wait_jobs(tap.server, 1, state="queued")
+    assert queued.background is True and queued.started_at is None
+    time.sleep(0.3)
+    worker = start_worker(tap.port, "slowq", "cat")
+    try:
+        (done,) = wait_jobs(tap.server, 1, state="completed")
+    finally:
+        worker.terminate()
+        worker.wait()
+    assert done.id == queued.id
+    assert done.result == "payload-1"
+    assert done.wait_ms is not None and done.wait_ms >= 300
+
+
+def test_worker_failure_is_recorded_as_failed(tap: Tap) -> None:
+    worker = start_worker(tap.port, "boom", "false")
+    try:
+        with pytest.raises(subprocess.CalledProcessError):
+            gearman(tap.port, "-f", "boom", stdin="x")
+        (job,) = wait_jobs(tap.server, 1, state="failed")
+    finally:
+        worker.terminate()
+        worker.wait()
+    assert job.error
+    assert job.finished_at is not None
+
+
+def test_two_clients_with_the_same_unique_share_one_job(tap: Tap) -> None:
+    gearman(tap.port, "-b", "-u", "same-key", "-f", "dedupe", "first")
+    gearman(tap.port, "-b", "-u", "same-key", "-f", "dedupe", "second")
+    (job,) = wait_jobs(tap.server, 1)
+    wait_for(lambda: type(job).objects.get(pk=job.pk).clients == 2, message="clients=2")
+    job.refresh_from_db()
+    assert job.unique == "same-key" and job.payload == "first"
+    from jobs.selectors import job_events
+
+    assert [e.kind for e in job_events(job)] == ["submitted", "attached"]
