@@ -1,0 +1,32 @@
+"""Run the demo workload against gearmand (see hq/demo.py)."""
+
+import asyncio
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from broker.admin import parse_address
+from hq.demo import run_demo
+
+
+class Command(BaseCommand):
+    help = "Submit a realistic mix of jobs and run demo workers until stopped."
+
+    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+        parser.add_argument("--gearman", default=settings.HQ_GEARMAN,
+                            help="HOST:PORT clients use (default HQ_GEARMAN)")
+        parser.add_argument("--rate", type=float, default=8.0, help="jobs per second")
+        parser.add_argument("--duration", type=float, default=0,
+                            help="seconds to run (0 = until Ctrl-C)")
+
+    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+        if opts["rate"] <= 0:
+            raise CommandError("--rate must be positive")
+        host, port = parse_address(opts["gearman"])
+        self.stderr.write(f"demo workload on {host}:{port} at ~{opts['rate']} jobs/s "
+                          "(Ctrl-C to stop)")
+        try:
+            n = asyncio.run(run_demo(host, port, opts["rate"], opts["duration"]))
+        except KeyboardInterrupt:
+            return
+        self.stderr.write(f"demo submitted {n} jobs")
