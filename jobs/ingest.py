@@ -3,11 +3,14 @@
 The tap's hot loop only calls :meth:`EventWriter.emit` (a deque append). A writer thread
 takes the queued events in batches and, in one transaction per batch:
 
-1. COPYs them into a temporary staging table,
-2. inserts them into the partitioned ``jobs_jobevent`` table, skipping ids already there
-   (a replayed batch inserts nothing twice) and returning the ids that were new,
-3. folds the new events into one delta per job (``jobs/fold.py``) and upserts the deltas
-   into ``jobs_job`` with COPY + ``INSERT … ON CONFLICT DO UPDATE``.
+1. records the batch's id in ``jobs_ingestbatch``; if it is there already, the batch was
+   written before (a spooled batch replayed after a crash) and is skipped whole,
+2. COPYs the events straight into the partitioned ``jobs_jobevent`` table,
+3. folds them into one delta per job (``jobs/fold.py``), COPYs the deltas into a staging
+   table and merges them into ``jobs_job`` with one statement (``UPSERT_SQL``).
+
+Idempotency is per batch rather than per event because a batch is the unit that commits,
+spools and replays: that keeps the hot path a plain COPY (no per-row conflict check).
 
 When Postgres cannot be reached the batch goes to a disk spool and the writer retries with
 backoff; spooled batches are replayed in order before any newer one, so the job rows fold
@@ -22,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,6 @@ DELTA_COLUMNS = (
 )
 
 STAGE_SQL = """
-CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE jobs_jobevent INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_jobs (
     boot_id bigint, handle varchar(255), function varchar(255), "unique" varchar(255),
     priority varchar(6), background boolean, state varchar(10), state_initial boolean,
@@ -60,12 +62,6 @@ CREATE TEMP TABLE IF NOT EXISTS stage_jobs (
     result_size integer, error text, clients integer
 ) ON COMMIT DELETE ROWS;
 """
-INSERT_EVENTS_SQL = f"""
-INSERT INTO jobs_jobevent ({", ".join(EVENT_COLUMNS)})
-SELECT {", ".join(EVENT_COLUMNS)} FROM stage_events
-ON CONFLICT DO NOTHING RETURNING id
-"""
-
 # How a batch's deltas reach jobs_job, in one statement: the CTE inserts the jobs seen for
 # the first time; the UPDATE, which runs on the statement's snapshot and so cannot see those
 # new rows, merges the deltas of jobs already stored. j = stored row, s = staged delta.
@@ -129,6 +125,14 @@ UPDATE jobs_job j SET
 FROM stage_jobs s
 WHERE j.boot_id = s.boot_id AND j.handle = s.handle
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The unit that commits, spools and replays: its id makes a replay a no-op."""
+
+    id: uuid.UUID
+    rows: list[EventRow]
 
 
 def _ts(seconds: float) -> datetime:
@@ -211,21 +215,21 @@ class EventWriter:
         """Write spooled batches, then everything queued. Raises psycopg.Error."""
         self._replay_spool()
         while self._queue:
-            rows = self._take()
+            batch = self._take()
             try:
-                self._write(rows)
+                self._write(batch)
             except psycopg.Error:
-                self.spool.put(rows)
+                self.spool.put(batch)
                 self.counters["spooled_batches"] += 1
                 raise
 
-    def _take(self) -> list[EventRow]:
+    def _take(self) -> Batch:
         events = []
         queue = self._queue
         for _ in range(min(self.batch, len(queue))):
             events.append(queue.popleft())
         self.counters["events_in"] += len(events)
-        return self._rows(events)
+        return Batch(uuid.uuid4(), self._rows(events))
 
     def _spool_queue(self) -> None:
         while self._queue:
@@ -237,10 +241,10 @@ class EventWriter:
             item = self.spool.oldest()
             if item is None:
                 return
-            name, rows = item
-            self._write(rows)
+            name, batch = item
+            self._write(batch)
             self.spool.remove(name)
-            log.info("replayed spooled batch %s (%d events)", name, len(rows))
+            log.info("replayed spooled batch %s (%d events)", name, len(batch.rows))
 
     def _db_down(self, exc: Exception) -> None:
         self.counters["db_errors"] += 1
@@ -282,22 +286,24 @@ class EventWriter:
             self._boots.clear()
         return self._conn
 
-    def _write(self, rows: list[EventRow]) -> None:
+    def _write(self, batch: Batch) -> None:
+        rows = batch.rows
         if not rows:
             return
         conn = self._connection()
         started = time.monotonic()
         with conn.transaction():
             server_id = self._server(conn)
+            if not self._claim(conn, server_id, batch):
+                self.counters["duplicates"] += len(rows)
+                return
             boots = {token: self._boot(conn, server_id, token, rows)
                      for token in {r.boot for r in rows}}
             self._ensure_partitions(conn, rows)
-            new_ids = self._insert_events(conn, server_id, boots, rows)
-            fresh = [r for r in rows if r.id in new_ids]
-            self._upsert_jobs(conn, server_id, boots, fold(fresh))
+            self._insert_events(conn, server_id, boots, rows)
+            self._upsert_jobs(conn, server_id, boots, fold(rows))
         self.counters["batches"] += 1
-        self.counters["events_written"] += len(new_ids)
-        self.counters["duplicates"] += len(rows) - len(new_ids)
+        self.counters["events_written"] += len(rows)
         self.counters["lag_ms"] = int((time.time() - rows[-1].at.timestamp()) * 1000)
         log.debug("batch of %d events in %.1f ms", len(rows),
                   (time.monotonic() - started) * 1000)
@@ -335,19 +341,25 @@ class EventWriter:
             conn.execute("SELECT hq_ensure_event_partition(%s)", (day,))
             self._partitions.add(day)
 
+    @staticmethod
+    def _claim(conn: psycopg.Connection[Any], server_id: int, batch: Batch) -> bool:
+        """True the first time a batch is written; False when it was written before."""
+        cur = conn.execute(
+            "INSERT INTO jobs_ingestbatch (id, server_id, events, written_at) "
+            "VALUES (%s, %s, %s, now()) ON CONFLICT (id) DO NOTHING",
+            (batch.id, server_id, len(batch.rows)))
+        return cur.rowcount == 1
+
     def _insert_events(self, conn: psycopg.Connection[Any], server_id: int,
-                       boots: dict[str, int], rows: list[EventRow]) -> set[object]:
+                       boots: dict[str, int], rows: list[EventRow]) -> None:
         cols = ", ".join(EVENT_COLUMNS)
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY stage_events ({cols}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row((
-                        r.id, r.at, server_id, boots[r.boot], r.handle, r.kind, r.conn,
-                        r.worker, r.numerator, r.denominator, r.data_text, r.data_bin,
-                        r.size, r.detail,
-                    ))
-            cur.execute(INSERT_EVENTS_SQL)
-            return {row[0] for row in cur.fetchall()}
+        with conn.cursor() as cur, cur.copy(f"COPY jobs_jobevent ({cols}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row((
+                    r.id, r.at, server_id, boots[r.boot], r.handle, r.kind, r.conn,
+                    r.worker, r.numerator, r.denominator, r.data_text, r.data_bin,
+                    r.size, r.detail,
+                ))
 
     def _upsert_jobs(self, conn: psycopg.Connection[Any], server_id: int,
                      boots: dict[str, int], deltas: list[Delta]) -> None:

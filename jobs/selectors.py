@@ -11,7 +11,7 @@ from django.utils.dateparse import parse_datetime
 from hq.errors import InvalidInput, NotFound
 
 from . import lookups  # noqa: F401  (registers __ilike)
-from .models import Job, JobEvent, State
+from .models import Job, JobEvent, SearchText, State
 
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
            "submitted_after", "submitted_before", "q")
@@ -60,7 +60,7 @@ def search_jobs(params: Mapping[str, str]) -> QuerySet[Job]:
     if value["submitted_before"]:
         qs = qs.filter(submitted_at__lt=_time("submitted_before", value["submitted_before"]))
     if value["q"]:
-        qs = qs.filter(_text_match(value["q"]))
+        qs = qs.alias(search_text=SearchText()).filter(_text_match(value["q"]))
     return qs.order_by("-id")
 
 
@@ -68,11 +68,9 @@ def _text_match(text: str) -> Q:
     if len(text) > 500:
         raise InvalidInput("q is too long (500 characters at most)",
                            fields={"q": ["500 characters at most."]})
-    exact = Q(handle=text) | Q(unique=text) | Q(function=text)
     if len(text) < 3:  # too short for a trigram index: exact matches only
-        return exact
-    return (exact | Q(handle__ilike=text) | Q(unique__ilike=text)
-            | Q(function__ilike=text) | Q(payload_text__ilike=text))
+        return Q(handle=text) | Q(unique=text) | Q(function=text)
+    return Q(search_text__ilike=text)
 
 
 def get_job(job_id: int | str) -> Job:

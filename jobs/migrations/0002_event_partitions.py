@@ -1,4 +1,4 @@
-"""The append-only event table, partitioned by day on ``at``.
+"""The append-only event table, partitioned by day on ``at``; and the search index.
 
 Django cannot declare a partitioned table, so it is created here in SQL (the JobEvent
 model is unmanaged). ``hq_ensure_event_partition(day)`` creates the partition for one day
@@ -29,7 +29,13 @@ CREATE TABLE jobs_jobevent (
 ) PARTITION BY RANGE (at);
 CREATE TABLE jobs_jobevent_default PARTITION OF jobs_jobevent DEFAULT;
 CREATE INDEX jobs_jobevent_job ON jobs_jobevent (boot_id, handle, at);
-CREATE INDEX jobs_jobevent_id ON jobs_jobevent (id);
+
+CREATE FUNCTION hq_job_search_text(handle text, uniq text, func text, payload text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT handle || ' ' || uniq || ' ' || func || ' ' || coalesce(left(payload, 4096), '')
+$$;
+CREATE INDEX job_search_trgm ON jobs_job
+    USING gin (hq_job_search_text(handle, "unique", function, payload_text) gin_trgm_ops);
 
 CREATE FUNCTION hq_ensure_event_partition(day date) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -49,6 +55,8 @@ END $$;
 """
 
 DROP = """
+DROP INDEX IF EXISTS job_search_trgm;
+DROP FUNCTION IF EXISTS hq_job_search_text(text, text, text, text);
 DROP FUNCTION IF EXISTS hq_ensure_event_partition(date);
 DROP TABLE IF EXISTS jobs_jobevent CASCADE;
 """

@@ -6,6 +6,7 @@ except ``user_role`` (one lookup of the signed-in user's groups).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from django import template
@@ -206,3 +207,40 @@ def state_icon(state: str) -> str:
 def user_role(user: object) -> str:
     role = role_of(user)  # type: ignore[arg-type]
     return role.value if role else "no role"
+
+
+@register.filter
+def pretty_json(value: object) -> object:
+    """JSON text indented for reading; anything else unchanged."""
+    if not isinstance(value, str) or value[:1] not in ("{", "["):
+        return value
+    try:
+        return json.dumps(json.loads(value), indent=2, ensure_ascii=False)
+    except ValueError:
+        return value
+
+
+@register.filter
+def blob_kind(value: object) -> str:
+    if is_bytes(value):
+        return "binary"
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            json.loads(value)
+        except ValueError:
+            return "text"
+        return "JSON"
+    return "text"
+
+
+@register.filter
+def share(part: int | None, other: int | None) -> str:
+    """``part``'s share of ``part + other`` as a CSS percentage ("12.5")."""
+    total = (part or 0) + (other or 0)
+    return f"{100 * (part or 0) / total:.2f}" if total > 0 else "0"
+
+
+@register.filter
+def spans_servers(jobs: list) -> bool:
+    """Whether these rows come from more than one server (then each row names its own)."""
+    return len({job.server_id for job in jobs}) > 1
