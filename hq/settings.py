@@ -66,6 +66,8 @@ DATABASES = {
         env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gearman_hq")
     )
 }
+if env_str("HQ_TEST_DATABASE", ""):  # lets two test runs share one Postgres
+    DATABASES["default"]["TEST"] = {"NAME": env_str("HQ_TEST_DATABASE", "")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
