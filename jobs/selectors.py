@@ -10,7 +10,7 @@ from django.utils.dateparse import parse_datetime
 
 from hq.errors import InvalidInput, NotFound
 
-from . import lookups  # noqa: F401  (registers __ilike)
+from .lookups import like_pattern  # importing it registers __ilike
 from .models import Job, JobEvent, SearchText, State
 
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
@@ -70,7 +70,7 @@ def _text_match(text: str) -> Q:
                            fields={"q": ["500 characters at most."]})
     if len(text) < 3:  # too short for a trigram index: exact matches only
         return Q(handle=text) | Q(unique=text) | Q(function=text)
-    return Q(search_text__ilike=text)
+    return Q(search_text__ilike=like_pattern(text))
 
 
 def get_job(job_id: int | str) -> Job:
