@@ -23,7 +23,7 @@ from .stream import ConnKey
 
 T = PacketType
 
-PRIORITY = {
+PRIORITY: dict[int, tuple[str, bool]] = {
     T.SUBMIT_JOB: ("normal", False),
     T.SUBMIT_JOB_BG: ("normal", True),
     T.SUBMIT_JOB_HIGH: ("high", False),
@@ -36,8 +36,10 @@ PRIORITY = {
     T.SUBMIT_REDUCE_JOB_BACKGROUND: ("normal", True),
 }
 ASSIGN_TYPES = frozenset({T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL})
-FINISH_KIND = {T.WORK_COMPLETE: "completed", T.WORK_FAIL: "failed", T.WORK_EXCEPTION: "exception"}
-PROGRESS_KIND = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
+FINISH_KIND: dict[int, str] = {
+    T.WORK_COMPLETE: "completed", T.WORK_FAIL: "failed", T.WORK_EXCEPTION: "exception",
+}
+PROGRESS_KIND: dict[int, str] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
 
 #: how many finished handles to remember, so a result relayed to clients after the worker
 #: sent it (and WORK_FAIL after WORK_EXCEPTION) is not counted twice.

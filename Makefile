@@ -1,0 +1,71 @@
+# Gearman HQ. `make run` and `make test` work on a fresh Debian 12 machine (as root they
+# install the missing Debian packages). Scripts live in scripts/; state in var/.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.NOTPARALLEL:
+.DELETE_ON_ERROR:
+
+VENV  := .venv
+STAMP := $(VENV)/.stamp
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deps venv static run test pytest lint bench services status stop clean distclean
+
+help:
+	@echo "make run        start everything (Postgres, Redis, gearmand, tap, web, Celery, demo); Ctrl-C stops it"
+	@echo "make test       lint + the whole test suite against real Postgres/Redis/gearmand"
+	@echo "make pytest     the test suite without lint (PYTEST_ARGS='-k name -x')"
+	@echo "make lint       ruff check + mypy"
+	@echo "make bench      run bench/*.py (each prints a table)"
+	@echo "make services   start Postgres/Redis (private ones under var/ when needed) and leave them up"
+	@echo "make status     what answers where; make stop  stop everything started under var/"
+	@echo "make deps       install missing Debian packages (root); make venv  .venv + pip install -e '.[dev]'"
+	@echo "make clean      stop + remove var/ and caches; make distclean  also .venv"
+
+deps:
+	@bash scripts/bootstrap.sh deps
+
+venv: $(STAMP)
+
+# Re-install only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml
+	@bash scripts/bootstrap.sh venv
+
+# Front-end libraries from the npm registry, copied into static/vendor/ (not committed).
+static: venv
+	@bash scripts/vendor_static.sh
+
+run: deps venv static
+	@bash scripts/run.sh
+
+test: deps venv static
+	@$(MAKE) --no-print-directory lint
+	@bash scripts/test.sh
+
+pytest: deps venv static
+	@bash scripts/test.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: deps venv
+	@bash scripts/bench.sh
+
+services: deps venv
+	@bash scripts/services.sh up
+
+status:
+	@bash scripts/services.sh status
+
+stop:
+	@bash scripts/services.sh down
+
+clean: stop
+	rm -rf var staticfiles .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+	@# A private Postgres relocated out of an unreachable checkout (see scripts/services.sh).
+	rm -rf /var/tmp/gearman-hq-$$(printf '%s' "$(CURDIR)" | md5sum | cut -c1-10)
+
+distclean: clean
+	rm -rf $(VENV)

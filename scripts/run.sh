@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# make run: Postgres + Redis (scripts/services.sh), gearmand, migrate, admin user, then the
+# tap, the web server, Celery and the demo workload in the background (logs in var/log/).
+# Waits; Ctrl-C stops only what this script started.
+#
+# Env (all optional):
+#   HQ_HTTP=127.0.0.1:8000        web server address
+#   HQ_GEARMAN=127.0.0.1:4730     where Gearman clients (and HQ) connect
+#   HQ_TAP_MODE=capture|proxy     default: capture when we may (root / CAP_NET_RAW), else proxy
+#   HQ_PROXY_LISTEN=$HQ_GEARMAN   proxy mode: the proxy's listen address
+#   HQ_GEARMAND                   the real gearmand: = HQ_GEARMAN in capture mode,
+#                                 host:port+1 (127.0.0.1:4731) in proxy mode
+#   HQ_CAPTURE_INTERFACE          capture mode: default lo for a loopback gearmand, else any
+#   HQ_SERVER_NAME=local          the name HQ gives this gearmand
+#   HQ_GEARMAND_ARGS              extra gearmand flags (e.g. "--job-retries 3")
+#   HQ_DEMO=0                     do not start the demo workload
+#   HQ_SECRET_KEY                 default: generated once into var/secret_key
+#   DATABASE_URL, REDIS_URL       see scripts/services.sh
+set -euo pipefail
+# shellcheck source=scripts/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
+cd "$HQ_ROOT"
+
+HQ_HTTP="${HQ_HTTP:-127.0.0.1:8000}"
+HQ_GEARMAN="${HQ_GEARMAN:-127.0.0.1:4730}"
+HQ_SERVER_NAME="${HQ_SERVER_NAME:-local}"
+HQ_DEMO="${HQ_DEMO:-1}"
+
+[ -x "$HQ_PY" ] || die "no virtualenv: run make run (or make venv) instead of this script"
+[ -f manage.py ] || die "manage.py not found in $HQ_ROOT"
+mkdir -p "$HQ_LOG" "$HQ_RUN"
+
+# ---------------------------------------------------------------- process bookkeeping
+STARTED=()          # names, in start order
+declare -A PIDS=()  # name -> pid (= process group id, thanks to setsid)
+declare -A WATCH=() # names still watched by the wait loop
+CLEANING=0
+EXIT_RC=""
+
+manage() { "$HQ_PY" "$HQ_ROOT/manage.py" "$@"; }
+
+# start_bg NAME COMMAND...: run in its own process group, output to var/log/NAME.log.
+start_bg() {
+    local name="$1" log="$HQ_LOG/$1.log"
+    shift
+    [ -s "$log" ] && mv -f "$log" "$log.1"
+    printf '=== %s  %s\n' "$(date -Is)" "$*" >"$log"
+    setsid "$@" >>"$log" 2>&1 </dev/null &
+    PIDS[$name]=$!
+    WATCH[$name]=1
+    STARTED+=("$name")
+    printf '%s\n' "${PIDS[$name]}" >"$HQ_RUN/$name.pid"
+    say "started $name (pid ${PIDS[$name]}, log var/log/$name.log)"
+}
+
+alive() { kill -0 "${PIDS[$1]}" 2>/dev/null; }
+
+# exit_code NAME: sets EXIT_RC to the exit status of a process that has ended. (Not in a
+# $(...) subshell: only this shell may wait for its children.)
+exit_code() {
+    EXIT_RC=0
+    wait "${PIDS[$1]}" 2>/dev/null || EXIT_RC=$?
+}
+
+# report_dead NAME: it exited; say so with the tail of its log.
+report_dead() {
+    [ -n "${EXIT_RC:-}" ] || exit_code "$1"
+    warn "$1 exited with code $EXIT_RC; it is not running"
+    EXIT_RC=""
+    log_tail "$HQ_LOG/$1.log"
+    unset 'WATCH[$1]'
+    rm -f "$HQ_RUN/$1.pid"
+}
+
+# await NAME SECONDS [HOST PORT]: still alive after SECONDS, or (with HOST PORT) listening
+# there within SECONDS. Returns 1 and reports when not.
+await() {
+    local name="$1" seconds="$2" host="${3:-}" port="${4:-}" i
+    for ((i = 0; i < seconds * 5; i++)); do
+        if ! alive "$name"; then
+            EXIT_RC=""
+            report_dead "$name"
+            return 1
+        fi
+        if [ -n "$port" ] && tcp_open "$host" "$port"; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    if [ -n "$port" ]; then
+        warn "$name is running but does not listen on $host:$port after ${seconds}s"
+        log_tail "$HQ_LOG/$name.log"
+        return 1
+    fi
+    return 0
+}
+
+stop_one() {
+    local name="$1" pid="${PIDS[$1]}" i
+    rm -f "$HQ_RUN/$name.pid"
+    alive "$name" || return 0
+    say "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 75; i++)); do
+        alive "$name" || return 0
+        sleep 0.2
+    done
+    warn "$name did not stop within 15 s: SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? i
+    [ "$CLEANING" = 1 ] && return
+    CLEANING=1
+    trap '' INT TERM
+    echo
+    say "shutting down what make run started"
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        stop_one "${STARTED[i]}"
+    done
+    services_stop_started
+    say "stopped"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- environment
+services_up
+
+if [ -z "${HQ_SECRET_KEY:-}" ]; then
+    if [ ! -s "$HQ_VAR/secret_key" ]; then
+        (umask 077 && "$HQ_PY" -c 'import secrets; print(secrets.token_urlsafe(50))' >"$HQ_VAR/secret_key")
+    fi
+    HQ_SECRET_KEY="$(cat "$HQ_VAR/secret_key")"
+fi
+
+if [ -z "${HQ_TAP_MODE:-}" ]; then
+    if has_cap_net_raw && have tcpdump; then HQ_TAP_MODE=capture; else HQ_TAP_MODE=proxy; fi
+    TAP_REASON="default: $([ "$HQ_TAP_MODE" = capture ] && echo "this process may capture" || echo "no CAP_NET_RAW or no tcpdump")"
+else
+    TAP_REASON="HQ_TAP_MODE"
+fi
+case "$HQ_TAP_MODE" in
+capture | proxy) ;;
+*) die "HQ_TAP_MODE must be capture or proxy, not '$HQ_TAP_MODE'" ;;
+esac
+
+split_hostport "$HQ_GEARMAN" 4730
+G_HOST="$HP_HOST"
+G_PORT="$HP_PORT"
+if [ "$HQ_TAP_MODE" = capture ]; then
+    HQ_GEARMAND="${HQ_GEARMAND:-$HQ_GEARMAN}"
+else
+    HQ_PROXY_LISTEN="${HQ_PROXY_LISTEN:-$HQ_GEARMAN}"
+    HQ_GEARMAND="${HQ_GEARMAND:-$G_HOST:$((G_PORT + 1))}"
+fi
+split_hostport "$HQ_GEARMAND" 4730
+GD_HOST="$HP_HOST"
+GD_PORT="$HP_PORT"
+split_hostport "$HQ_HTTP" 8000
+WEB_HOST="$HP_HOST"
+WEB_PORT="$HP_PORT"
+
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-hq.settings}"
+export PYTHONPATH="$HQ_ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HQ_SECRET_KEY HQ_HTTP HQ_GEARMAN HQ_GEARMAND HQ_TAP_MODE HQ_SERVER_NAME
+if [ "$HQ_TAP_MODE" = proxy ]; then export HQ_PROXY_LISTEN; fi
+
+if tcp_open "$WEB_HOST" "$WEB_PORT"; then
+    die "$HQ_HTTP is already in use (another make run?); choose another with HQ_HTTP=127.0.0.1:8001"
+fi
+
+# ---------------------------------------------------------------- gearmand
+say "tap mode: $HQ_TAP_MODE ($TAP_REASON)"
+if gear_answers "$GD_HOST" "$GD_PORT"; then
+    say "gearmand: one already answers on $GD_HOST:$GD_PORT; using it (it will not be stopped)"
+else
+    have gearmand || die "gearmand not installed (apt-get install gearman-job-server)"
+    tcp_open "$GD_HOST" "$GD_PORT" && die "$GD_HOST:$GD_PORT is in use by something that is not gearmand"
+    say "starting gearmand on $GD_HOST:$GD_PORT"
+    # shellcheck disable=SC2086 # HQ_GEARMAND_ARGS is a list of flags
+    start_bg gearmand gearmand --listen="$GD_HOST" --port="$GD_PORT" --log-file=stderr \
+        --pid-file="$HQ_RUN/gearmand-own.pidfile" --verbose=WARNING ${HQ_GEARMAND_ARGS:-}
+    for ((i = 0; i < 50; i++)); do
+        gear_answers "$GD_HOST" "$GD_PORT" && break
+        alive gearmand || break
+        sleep 0.2
+    done
+    if ! gear_answers "$GD_HOST" "$GD_PORT"; then
+        log_tail "$HQ_LOG/gearmand.log"
+        die "gearmand did not start on $GD_HOST:$GD_PORT"
+    fi
+fi
+if [ "$HQ_TAP_MODE" = proxy ]; then
+    split_hostport "$HQ_PROXY_LISTEN" 4730
+    if tcp_open "$HP_HOST" "$HP_PORT"; then
+        die "proxy mode: $HQ_PROXY_LISTEN is already taken (a gearmand started by someone else?).
+       Stop it, or choose other ports: HQ_GEARMAN=127.0.0.1:4740 make run (gearmand then on 4741)"
+    fi
+fi
+
+write_run_env "DATABASE_URL=$DATABASE_URL" "REDIS_URL=$REDIS_URL" \
+    "HQ_HTTP=$HQ_HTTP" "HQ_URL=http://$HQ_HTTP/" "HQ_GEARMAN=$HQ_GEARMAN" \
+    "HQ_GEARMAND=$HQ_GEARMAND" "HQ_TAP_MODE=$HQ_TAP_MODE" "HQ_SERVER_NAME=$HQ_SERVER_NAME"
+if [ "$HQ_TAP_MODE" = proxy ]; then
+    printf 'HQ_PROXY_LISTEN=%s\n' "$HQ_PROXY_LISTEN" >>"$HQ_VAR/run.env"
+fi
+
+# ---------------------------------------------------------------- database, static, admin
+say "manage.py migrate"
+manage migrate --noinput >"$HQ_LOG/migrate.log" 2>&1 || {
+    log_tail "$HQ_LOG/migrate.log" 40
+    die "migrate failed (full output: var/log/migrate.log)"
+}
+say "manage.py collectstatic"
+manage collectstatic --noinput >"$HQ_LOG/collectstatic.log" 2>&1 || {
+    log_tail "$HQ_LOG/collectstatic.log"
+    die "collectstatic failed (full output: var/log/collectstatic.log)"
+}
+say "manage.py hq_setup (admin user and API token)"
+manage hq_setup >"$HQ_LOG/hq_setup.log" 2>&1 || {
+    log_tail "$HQ_LOG/hq_setup.log"
+    die "hq_setup failed (full output: var/log/hq_setup.log)"
+}
+grep -E '^HQ_[A-Z0-9_]+=' "$HQ_LOG/hq_setup.log" >>"$HQ_VAR/run.env" ||
+    warn "hq_setup printed no HQ_ADMIN_USER= / HQ_ADMIN_PASSWORD= / HQ_API_TOKEN= lines"
+# The file is written with printf only; read it back the same way (never sourced).
+setting() { sed -n "s/^$1=//p" "$HQ_VAR/run.env" | tail -n 1; }
+ADMIN_USER="$(setting HQ_ADMIN_USER)"
+ADMIN_PASSWORD="$(setting HQ_ADMIN_PASSWORD)"
+API_TOKEN="$(setting HQ_API_TOKEN)"
+
+# ---------------------------------------------------------------- background processes
+FAILED=()
+
+if [ "$HQ_TAP_MODE" = capture ]; then
+    IFACE="${HQ_CAPTURE_INTERFACE:-$(is_loopback "$GD_HOST" && echo lo || echo any)}"
+    start_bg tap "$HQ_PY" "$HQ_ROOT/manage.py" gearman_capture --interface "$IFACE" \
+        --port "$GD_PORT" --gearman-host "$GD_HOST" --server "$HQ_SERVER_NAME"
+    await tap 3 || FAILED+=(tap)
+else
+    split_hostport "$HQ_PROXY_LISTEN" 4730
+    start_bg tap "$HQ_PY" "$HQ_ROOT/manage.py" gearman_proxy --listen "$HQ_PROXY_LISTEN" \
+        --upstream "$HQ_GEARMAND" --server "$HQ_SERVER_NAME"
+    PROBE_HOST="$HP_HOST"
+    [ "$PROBE_HOST" = 0.0.0.0 ] && PROBE_HOST=127.0.0.1
+    await tap 20 "$PROBE_HOST" "$HP_PORT" || FAILED+=(tap)
+fi
+
+start_bg web "$HQ_VENV/bin/daphne" -b "$WEB_HOST" -p "$WEB_PORT" hq.asgi:application
+if ! await web 30 "$WEB_HOST" "$WEB_PORT"; then
+    die "the web server did not start"
+fi
+
+start_bg worker "$HQ_VENV/bin/celery" -A hq worker -B --loglevel=INFO --concurrency=2 \
+    --schedule "$HQ_VAR/celerybeat-schedule"
+await worker 5 || FAILED+=(worker)
+
+if [ "$HQ_DEMO" != 0 ]; then
+    start_bg demo "$HQ_PY" "$HQ_ROOT/manage.py" hq_demo
+    await demo 3 || FAILED+=(demo)
+fi
+
+# ---------------------------------------------------------------- banner
+if [ "$HQ_TAP_MODE" = capture ]; then
+    TAP_LINE="capture of $GD_HOST:$GD_PORT on interface $IFACE"
+else
+    TAP_LINE="proxy $HQ_PROXY_LISTEN -> gearmand $HQ_GEARMAND"
+fi
+cat <<EOF
+
+=====================================================================
+ Gearman HQ is running
+   web UI     http://$HQ_HTTP/
+   login      ${ADMIN_USER:-?} / ${ADMIN_PASSWORD:-?}
+   API token  ${API_TOKEN:-?}
+              curl -H "Authorization: Bearer ${API_TOKEN:-TOKEN}" http://$HQ_HTTP/api/v1/jobs/
+   gearman    clients use $HQ_GEARMAN
+   tap        $TAP_LINE
+   database   $(mask_url "$DATABASE_URL")
+   redis      $(mask_url "$REDIS_URL")
+   demo       $([ "$HQ_DEMO" != 0 ] && echo "on (HQ_DEMO=0 turns it off)" || echo off)
+   logs       var/log/*.log     settings: var/run.env
+ Ctrl-C stops what make run started.
+=====================================================================
+EOF
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    warn "NOT running: ${FAILED[*]} (see the log tails above and var/log/)"
+fi
+
+# ---------------------------------------------------------------- wait
+while :; do
+    for name in "${!WATCH[@]}"; do
+        alive "$name" && continue
+        exit_code "$name"
+        if [ "$name" = demo ] && [ "$EXIT_RC" = 0 ]; then
+            say "demo workload finished"
+            unset 'WATCH[demo]'
+            rm -f "$HQ_RUN/demo.pid"
+            continue
+        fi
+        report_dead "$name"
+        if [ "$name" = web ] || [ "$name" = gearmand ]; then
+            die "$name stopped; shutting everything down"
+        fi
+    done
+    sleep 2
+done
