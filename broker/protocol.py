@@ -250,8 +250,10 @@ class Parser:
         nl = buf.find(b"\n", pos, min(end, pos + self.max_line + 1))
         if nl < 0:
             if end - pos > self.max_line:
+                # skip just past the limit; the header hunt finds what follows
                 self._hunting = True
-                return end, DecodeError("admin line over limit", end - pos)
+                return pos + self.max_line + 1, DecodeError(
+                    "admin line over limit", self.max_line + 1)
             return pos, None
         text = bytes(buf[pos:nl])
         if text.endswith(b"\r"):

@@ -300,7 +300,9 @@ class Tracker:
             return
         data, size = self._cap(args[1]) if len(args) > 1 else (None, 0)
         conn.holding.discard(handle)
-        detail = "gearmand gave up on the job (job retries exhausted)" if by_server else ""
+        detail = ""
+        if by_server and kind == "failed":
+            detail = "gearmand gave up on the job (job retries exhausted)"
         self._emit(kind, handle, ts, conn, worker=None if by_server else conn.worker_name,
                    data=data, size=size, detail=detail)
         self._forget(handle)

@@ -78,14 +78,17 @@ class EventRow:
     scheduled_for: datetime | None = None
 
 
-def split_bytes(raw: bytes | None) -> tuple[str | None, bytes | None]:
-    """Text when it is valid UTF-8 Postgres can hold (no NUL), else bytes."""
+def split_bytes(raw: bytes | None, cut: bool = False) -> tuple[str | None, bytes | None]:
+    """Text when it is valid UTF-8 Postgres can hold (no NUL), else bytes. When ``cut``
+    (the data was truncated at HQ_PAYLOAD_MAX) a character split by the cut is dropped."""
     if raw is None:
         return None, None
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, raw
+    except UnicodeDecodeError as exc:
+        if not cut or exc.start < len(raw) - 3 or exc.reason != "unexpected end of data":
+            return None, raw
+        text = raw[: exc.start].decode("utf-8")
     if "\0" in text:
         return None, raw
     return text, None
@@ -121,6 +124,7 @@ def apply(d: Delta, row: EventRow) -> None:
     elif kind == "abandoned":
         if row.detail == "queued":  # gearmand drops a queued job nobody waits for
             _set_state(d, "lost", row)
+            d.finished_at = row.at
             d.error = "the client went away before a worker took the job"
         return
     if kind in STATE_OF:

@@ -97,14 +97,16 @@ UPDATE jobs_job j SET
     submitted_at = coalesce(j.submitted_at, s.submitted_at),
     scheduled_for = coalesce(s.scheduled_for, j.scheduled_for),
     started_at = coalesce(s.started_at, j.started_at),
-    finished_at = CASE WHEN s.started_at IS NOT NULL OR s.state = 'queued' THEN s.finished_at
+    finished_at = CASE WHEN s.started_at IS NOT NULL
+                            OR (s.state = 'queued' AND NOT s.state_initial) THEN s.finished_at
                        ELSE coalesce(s.finished_at, j.finished_at) END,
     wait_ms = coalesce(j.wait_ms, {_ms("coalesce(s.first_started_at, j.started_at)",
                                         "coalesce(j.submitted_at, s.submitted_at)")}),
     runtime_ms = CASE
         WHEN s.finished_at IS NOT NULL
             THEN {_ms("s.finished_at", "coalesce(s.started_at, j.started_at)")}
-        WHEN s.started_at IS NOT NULL OR s.state = 'queued' THEN NULL
+        WHEN s.started_at IS NOT NULL OR (s.state = 'queued' AND NOT s.state_initial)
+            THEN NULL
         ELSE j.runtime_ms END,
     attempts = j.attempts + s.attempts,
     worker = CASE WHEN s.worker <> '' THEN s.worker ELSE j.worker END,
@@ -264,7 +266,7 @@ class EventWriter:
         seq = self._seq
         for ev in events:
             seq += 1
-            text, raw = split_bytes(ev.data)
+            text, raw = split_bytes(ev.data, ev.data is not None and ev.size > len(ev.data))
             rows.append(EventRow(
                 uuid.UUID(int=prefix | seq), _ts(ev.ts), ev.boot, ev.handle, ev.kind, ev.conn,
                 ev.worker or "", ev.numerator, ev.denominator, text, raw, ev.size,
@@ -336,7 +338,7 @@ class EventWriter:
         return boot_id
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any], rows: list[EventRow]) -> None:
-        days = {rows[0].at.date(), rows[-1].at.date()} - self._partitions
+        days = {r.at.date() for r in rows} - self._partitions
         for day in days:
             conn.execute("SELECT hq_ensure_event_partition(%s)", (day,))
             self._partitions.add(day)

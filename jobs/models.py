@@ -66,6 +66,7 @@ class Job(models.Model):
             models.Index(fields=["handle"], name="job_handle"),
             models.Index(fields=["unique"], name="job_unique"),
             models.Index(fields=["submitted_at"], name="job_submitted"),
+            models.Index(fields=["finished_at"], name="job_finished"),
             models.Index(fields=["function", "-id"], name="job_function"),
             models.Index(fields=["worker", "-id"], name="job_worker"),
             models.Index(fields=["state", "-id"], name="job_state"),

@@ -1,0 +1,535 @@
+"""Proxy mode against a real gearmand and real Gearman clients (the ``gearman`` CLI).
+
+Each test starts its own gearmand on a free port and a Proxy (uvloop when importable) on
+another, in a background thread with its own loop. Nothing here asserts wall-clock speed;
+``bench/proxy_echo.py`` measures that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.proxy import HIGH_WATER, Proxy, ShipMode
+from broker.stream import ConnKey, StreamSink
+
+pytestmark = [
+    pytest.mark.gearmand,
+    pytest.mark.skipif(not Path("/usr/sbin/gearmand").exists(), reason="needs gearmand"),
+]
+
+GEARMAND = "/usr/sbin/gearmand"
+GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
+GEARADMIN = shutil.which("gearadmin") or "/usr/bin/gearadmin"
+HOST = "127.0.0.1"
+ECHO_REQ, ECHO_RES, CAN_DO, SET_CLIENT_ID = 16, 17, 1, 22
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def req(ptype: int, *args: bytes) -> bytes:
+    data = b"\0".join(args)
+    return b"\0REQ" + struct.pack(">II", ptype, len(data)) + data
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def closed_by_other_end(sock: socket.socket) -> bool:
+    """True when the socket got EOF or a reset (either is a prompt close)."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def read_packet(sock: socket.socket) -> bytes:
+    head = recv_exact(sock, 12)
+    size = struct.unpack(">I", head[8:])[0]
+    return head + recv_exact(sock, size)
+
+
+def admin(port: int, command: str) -> str:
+    """Send one admin text command, read up to the terminating ``.`` line."""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(command.encode() + b"\n")
+        one_line = command.split()[0] in ("version", "getpid", "maxqueue", "cancel")
+        buf = b""
+        while not (buf.endswith(b"\n.\n") or buf == b".\n"):
+            if one_line and buf.endswith(b"\n"):
+                break  # these replies are one line, without the "." terminator
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.decode()
+
+
+class Gearmand:
+    """A private gearmand process on a given port."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gearmand:
+        self.proc = subprocess.Popen(
+            [GEARMAND, f"--listen={HOST}", f"--port={self.port}", "--log-file=none",
+             f"--pid-file={self.workdir}/gearmand-{self.port}.pid", "--threads=1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        assert wait_until(lambda: accepts(self.port)), "gearmand did not start"
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class RecordingSink:
+    """Keeps every call, in order; thread-safe so tests can read while the loop runs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.lock = threading.Lock()
+        self.closed: set[ConnKey] = set()
+
+    def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
+        with self.lock:
+            self.calls.append(("open", conn))
+
+    def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
+        with self.lock:
+            self.calls.append(("data", conn, from_peer, data))
+
+    def on_gap(self, conn: ConnKey, from_peer: bool, ts: float, lost: int) -> None:
+        with self.lock:
+            self.calls.append(("gap", conn, from_peer, lost))
+
+    def on_close(self, conn: ConnKey, ts: float) -> None:
+        with self.lock:
+            self.calls.append(("close", conn))
+            self.closed.add(conn)
+
+    def stream(self, conn: ConnKey, from_peer: bool) -> bytes:
+        with self.lock:
+            return b"".join(c[3] for c in self.calls
+                            if c[0] == "data" and c[1] == conn and c[2] == from_peer)
+
+    def conns(self) -> list[ConnKey]:
+        with self.lock:
+            return [c[1] for c in self.calls if c[0] == "open"]
+
+
+class RaisingSink(RecordingSink):
+    """A sink broken in every method."""
+
+    def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
+        raise RuntimeError("sink open broke")
+
+    def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
+        raise RuntimeError("sink data broke")
+
+    def on_close(self, conn: ConnKey, ts: float) -> None:
+        raise RuntimeError("sink close broke")
+
+
+class ProxyThread:
+    """Runs a Proxy on its own event loop in a daemon thread."""
+
+    def __init__(self, upstream_port: int, sink: StreamSink, **kw: Any) -> None:
+        try:
+            import uvloop
+
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover
+            self.loop = asyncio.new_event_loop()
+        self.proxy = Proxy((HOST, 0), (HOST, upstream_port), sink, **kw)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.proxy.start())
+        self.port = self.proxy.port
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def on_loop(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return self.call(run())
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.on_loop(self.proxy.stats))
+
+    def stop(self) -> None:
+        self.call(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def gearmand(tmp_path: Path) -> Iterator[Gearmand]:
+    g = Gearmand(free_port(), tmp_path).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture(params=["inline", "thread"])
+def ship(request: pytest.FixtureRequest) -> ShipMode:
+    mode: ShipMode = request.param
+    return mode
+
+
+@pytest.fixture
+def proxy(gearmand: Gearmand, sink: RecordingSink, ship: ShipMode) -> Iterator[ProxyThread]:
+    p = ProxyThread(gearmand.port, sink, ship=ship)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; all are killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def start_worker(procs: list[subprocess.Popen[bytes]], port: int, func: str,
+                 *cmd: str) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen([GEARMAN, "-h", HOST, "-p", str(port), "-w", "-f", func, "--", *cmd],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(p)
+    return p
+
+
+def run_client(port: int, func: str, *args: str, stdin: bytes | None = None) -> bytes:
+    cmd = [GEARMAN, "-h", HOST, "-p", str(port), "-f", func, *args]
+    done = subprocess.run(cmd, input=stdin, capture_output=True, timeout=30, check=True)
+    return done.stdout
+
+
+def status_workers(port: int, func: str) -> int:
+    for line in admin(port, "status").splitlines():
+        parts = line.split("\t")
+        if parts[0] == func and len(parts) == 4:
+            return int(parts[3])
+    return 0
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_gearman_cli_through_proxy_matches_direct(
+    gearmand: Gearmand, proxy: ProxyThread, sink: RecordingSink,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    start_worker(procs, proxy.port, "reverse", "rev")
+    assert wait_until(lambda: status_workers(gearmand.port, "reverse") == 1)
+
+    via_proxy = run_client(proxy.port, "reverse", "hello")
+    direct = run_client(gearmand.port, "reverse", "hello")
+
+    assert via_proxy == direct
+    assert b"olleh" in via_proxy
+    peer_bytes = b"".join(c[3] for c in sink.calls if c[0] == "data" and c[2])
+    assert b"reverse" in peer_bytes and b"hello" in peer_bytes
+
+
+def test_admin_text_commands_same_as_direct(
+    gearmand: Gearmand, proxy: ProxyThread, procs: list[subprocess.Popen[bytes]],
+) -> None:
+    start_worker(procs, gearmand.port, "upper", "tr", "a-z", "A-Z")
+    assert wait_until(lambda: status_workers(gearmand.port, "upper") == 1)
+
+    for command in ("version", "status", "getpid", "maxqueue upper"):
+        assert admin(proxy.port, command) == admin(gearmand.port, command), command
+    assert "upper\t0\t0\t1" in admin(proxy.port, "status")
+
+    def gearadmin(port: int) -> bytes:
+        return subprocess.run([GEARADMIN, "-h", HOST, "-p", str(port), "--status"],
+                              capture_output=True, timeout=10, check=True).stdout
+
+    assert gearadmin(proxy.port) == gearadmin(gearmand.port)
+
+
+def test_sink_sees_exactly_the_bytes_each_side_sent(
+    gearmand: Gearmand, proxy: ProxyThread, sink: RecordingSink,
+) -> None:
+    sent, received = bytearray(), bytearray()
+    with socket.create_connection((HOST, proxy.port), timeout=5) as s:
+        local = s.getsockname()
+        for i in range(50):
+            packet = req(ECHO_REQ, f"ping {i} ".encode() * (i + 1))
+            s.sendall(packet)
+            sent += packet
+            answer = read_packet(s)
+            assert answer == b"\0RES" + packet[4:8].replace(b"\x10", b"\x11") + packet[8:]
+            received += answer
+        pipelined = b"".join(req(ECHO_REQ, bytes([i]) * 300) for i in range(100))
+        s.sendall(pipelined + b"version\n")
+        sent += pipelined + b"version\n"
+        for _ in range(100):
+            received += read_packet(s)
+        while not received.endswith(b"\n"):
+            received += s.recv(4096)
+
+    conn = ConnKey(local[0], local[1], HOST, gearmand.port)
+    assert wait_until(lambda: conn in sink.closed)
+    assert sink.conns() == [conn]
+    assert sink.stream(conn, from_peer=True) == bytes(sent)
+    assert sink.stream(conn, from_peer=False) == bytes(received)
+    assert sink.calls[0] == ("open", conn) and sink.calls[-1] == ("close", conn)
+    stats = proxy.stats()
+    assert stats["bytes_from_peer"] == len(sent)
+    assert stats["bytes_to_peer"] == len(received)
+    assert stats["connections"] == 1 and stats["sink_errors"] == 0
+
+
+def test_raising_sink_never_breaks_forwarding(gearmand: Gearmand, ship: ShipMode) -> None:
+    p = ProxyThread(gearmand.port, RaisingSink(), ship=ship)
+    try:
+        for _ in range(3):
+            with socket.create_connection((HOST, p.port), timeout=5) as s:
+                s.sendall(req(ECHO_REQ, b"still here"))
+                assert read_packet(s) == b"\0RES" + struct.pack(">II", ECHO_RES, 10) + b"still here"
+        assert wait_until(lambda: p.stats()["sink_errors"] >= 3 * 4)
+    finally:
+        p.stop()
+
+
+def test_upstream_down_closes_downstream_then_recovers(tmp_path: Path) -> None:
+    port = free_port()
+    p = ProxyThread(port, RecordingSink())
+    g = Gearmand(port, tmp_path)
+    try:
+        with socket.create_connection((HOST, p.port), timeout=5) as s:
+            s.sendall(req(ECHO_REQ, b"anyone?"))
+            assert closed_by_other_end(s)
+        assert p.stats()["upstream_connect_failures"] == 1
+        assert p.stats()["active"] == 0
+
+        g.start()
+        with socket.create_connection((HOST, p.port), timeout=5) as s:
+            s.sendall(req(ECHO_REQ, b"back"))
+            assert read_packet(s).endswith(b"back")
+    finally:
+        p.stop()
+        g.stop()
+
+
+def test_peer_close_closes_upstream(gearmand: Gearmand, proxy: ProxyThread) -> None:
+    s = socket.create_connection((HOST, proxy.port), timeout=5)
+    s.sendall(req(SET_CLIENT_ID, b"hq-proxy-test-worker") + req(CAN_DO, b"proxied"))
+    assert wait_until(lambda: "hq-proxy-test-worker" in admin(gearmand.port, "workers"))
+    s.close()
+    assert wait_until(lambda: "hq-proxy-test-worker" not in admin(gearmand.port, "workers"))
+    assert wait_until(lambda: proxy.stats()["active"] == 0)
+
+
+def test_gearmand_close_closes_peer(gearmand: Gearmand, proxy: ProxyThread) -> None:
+    with socket.create_connection((HOST, proxy.port), timeout=5) as s:
+        s.sendall(req(ECHO_REQ, b"x"))
+        read_packet(s)
+        gearmand.stop()
+        assert closed_by_other_end(s)
+    assert wait_until(lambda: proxy.stats()["active"] == 0)
+
+
+def test_one_mib_job_round_trips_byte_exact(
+    gearmand: Gearmand, proxy: ProxyThread, sink: RecordingSink,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    # rev, not cat: the CLI worker writes the whole job to the command's stdin before
+    # reading its stdout, so cat deadlocks on the pipe buffer with a big job.
+    start_worker(procs, proxy.port, "rev1m", "rev")
+    assert wait_until(lambda: status_workers(gearmand.port, "rev1m") == 1)
+    payload = os.urandom(512 * 1024).hex().encode()  # 1 MiB, one line
+
+    via_proxy = run_client(proxy.port, "rev1m", stdin=payload)
+    assert via_proxy.rstrip(b"\n") == payload[::-1]
+    assert run_client(gearmand.port, "rev1m", stdin=payload) == via_proxy
+    stats = proxy.stats()
+    assert stats["bytes_from_peer"] > 2 * len(payload)  # client's job + worker's result
+    assert stats["bytes_to_peer"] > 2 * len(payload)
+
+
+def test_slow_reader_pauses_instead_of_buffering() -> None:
+    """An upstream that never reads: the proxy must stop reading the sender."""
+    listener = socket.create_server((HOST, 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    p = ProxyThread(listener.getsockname()[1], RecordingSink())
+    try:
+        with socket.create_connection((HOST, p.port), timeout=5) as s:
+            s.setblocking(False)
+            chunk, pushed = b"\0" * 65536, 0
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    pushed += s.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.05)
+            assert pushed > HIGH_WATER  # some went through before back-pressure
+            buffered = p.on_loop(lambda: max(
+                pair.up.transport.get_write_buffer_size()
+                for pair in p.proxy.pairs if pair.up.transport is not None))
+            assert buffered <= HIGH_WATER + 4 * 65536 + 262144
+            assert p.stats()["read_pauses"] >= 1
+    finally:
+        p.stop()
+        listener.close()
+        for a in accepted:
+            a.close()
+
+
+def test_thread_mode_drops_copies_not_traffic(gearmand: Gearmand) -> None:
+    """A stuck sink fills the queue: forwarding goes on and the sink later gets a gap."""
+    release = threading.Event()
+
+    class StuckSink(RecordingSink):
+        def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
+            release.wait(10)
+            super().on_open(conn, ts)
+
+    sink = StuckSink()
+    p = ProxyThread(gearmand.port, sink, ship="thread", queue_max=5)
+    try:
+        with socket.create_connection((HOST, p.port), timeout=5) as s:
+            for i in range(50):
+                s.sendall(req(ECHO_REQ, b"%d" % i))
+                assert read_packet(s).endswith(b"%d" % i)
+            local = s.getsockname()
+            conn = ConnKey(local[0], local[1], HOST, gearmand.port)
+        assert p.stats()["dropped_chunks"] > 0
+        release.set()
+        assert wait_until(lambda: conn in sink.closed)
+        kinds = [c[0] for c in sink.calls]
+        assert kinds[0] == "open" and kinds[-1] == "close" and "gap" in kinds
+    finally:
+        release.set()
+        p.stop()
+
+
+def test_half_close_is_passed_on() -> None:
+    """The peer shuts down its write side: the upstream sees EOF and can still answer."""
+    listener = socket.create_server((HOST, 0))
+
+    def echo_after_eof() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(data[::-1])
+
+    threading.Thread(target=echo_after_eof, daemon=True).start()
+    p = ProxyThread(listener.getsockname()[1], RecordingSink())
+    try:
+        with socket.create_connection((HOST, p.port), timeout=5) as s:
+            s.sendall(b"status\n" * 1000)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got == (b"status\n" * 1000)[::-1]
+        assert wait_until(lambda: p.stats()["active"] == 0)
+    finally:
+        p.stop()
+        listener.close()
+
+
+def _run_two_workers(listen_port: int, upstream_port: int) -> None:
+    from broker.proxy import run_proxy
+
+    run_proxy((HOST, listen_port), (HOST, upstream_port), RecordingSink, workers=2)
+
+
+def test_run_proxy_with_two_processes(gearmand: Gearmand) -> None:
+    """SO_REUSEPORT processes share the port; SIGTERM stops them all."""
+    import multiprocessing
+
+    port = free_port()
+    parent = multiprocessing.get_context("fork").Process(
+        target=_run_two_workers, args=(port, gearmand.port))
+    parent.start()
+    try:
+        assert wait_until(lambda: accepts(port))
+        for i in range(20):
+            with socket.create_connection((HOST, port), timeout=5) as s:
+                s.sendall(req(ECHO_REQ, b"n%d" % i))
+                assert read_packet(s).endswith(b"n%d" % i)
+        assert parent.pid is not None
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        assert len(children) == 2
+        parent.terminate()
+        parent.join(10)
+        assert parent.exitcode == 0
+        assert wait_until(lambda: not any(Path(f"/proc/{c}").exists() for c in children))
+        assert not accepts(port)
+    finally:
+        if parent.is_alive():
+            parent.kill()
+            parent.join()
