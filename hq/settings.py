@@ -129,6 +129,12 @@ HQ_SPOOL_DIR = Path(env_str("HQ_SPOOL_DIR", str(BASE_DIR / "var" / "spool")))
 HQ_INGEST_BATCH = env_int("HQ_INGEST_BATCH", 5000)
 HQ_INGEST_FLUSH_MS = env_int("HQ_INGEST_FLUSH_MS", 200)
 HQ_EVENT_RETENTION_DAYS = env_int("HQ_EVENT_RETENTION_DAYS", 30)
+HQ_POLL_INTERVAL = env_int("HQ_POLL_INTERVAL", 5)
+
+CELERY_BEAT_SCHEDULE = {
+    "refresh-rollups": {"task": "monitoring.tasks.refresh_recent_rollups", "schedule": 20.0},
+    "prune-snapshots": {"task": "monitoring.tasks.prune_old_snapshots", "schedule": 3600.0},
+}
 
 LOGGING = {
     "version": 1,

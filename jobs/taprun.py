@@ -38,7 +38,7 @@ def read_pid(host: str, port: int, wait_s: float = 5.0) -> str | None:
 
 class TapRunner:
     def __init__(self, server: str, gearman: tuple[str, int], *, stats_interval: float = 30.0,
-                 poll_interval: float = 5.0) -> None:
+                 poll_interval: float | None = None) -> None:
         self.server = server
         self.gearman = gearman
         self.writer = EventWriter(
@@ -52,7 +52,7 @@ class TapRunner:
         self.source_stats: Any = lambda: {}
         self._stop = threading.Event()
         self._stats_interval = stats_interval
-        self._poll_interval = poll_interval
+        self._poll_interval = poll_interval or settings.HQ_POLL_INTERVAL
 
     def start(self) -> None:
         self.writer.start()
@@ -76,16 +76,41 @@ class TapRunner:
         }
 
     def _watch_boot(self) -> None:
+        """Poll gearmand's admin protocol: its pid (a change is a new boot) and, for the
+        monitoring pages, its status and workers lists."""
         while not self._stop.wait(self._poll_interval):
-            try:
-                with AdminClient(*self.gearman, timeout=2) as admin:
-                    pid = admin.getpid()
-            except AdminError:
-                continue  # gearmand down: the next answer tells whether it restarted
-            if pid != self.pid:
-                log.warning("gearmand pid changed %s -> %s: new boot", self.pid, pid)
-                self.pid = pid
-                self.sink.request_boot(pid)
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        from monitoring.services import record_poll, record_poll_failure
+
+        address = f"{self.gearman[0]}:{self.gearman[1]}"
+        try:
+            with AdminClient(*self.gearman, timeout=2) as admin:
+                pid = admin.getpid()
+                version = admin.version()
+                statuses = admin.status()
+                workers = admin.workers()
+        except AdminError as exc:
+            self._safely(record_poll_failure, self.server, address, str(exc))
+            return  # gearmand down: the next answer tells whether it restarted
+        if pid != self.pid:
+            log.warning("gearmand pid changed %s -> %s: new boot", self.pid, pid)
+            self.pid = pid
+            self.sink.request_boot(pid)
+        self._safely(record_poll, self.server, address, pid=pid, version=version,
+                     statuses=statuses, workers=workers)
+
+    @staticmethod
+    def _safely(fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Monitoring writes must not kill the poller when Postgres is away."""
+        from django.db import DatabaseError, close_old_connections
+
+        try:
+            fn(*args, **kwargs)
+        except DatabaseError as exc:
+            log.warning("could not record the poll: %s", exc)
+            close_old_connections()
 
     def _log_stats(self) -> None:
         while not self._stop.wait(self._stats_interval):

@@ -126,7 +126,7 @@ def start_tap(mode: str, gearmand: Gearmand, tmp_path: Path, *, server: str = ""
     server = server or f"t-{uuid.uuid4().hex[:8]}"
     log = tmp_path / f"tap-{server}.log"
     env = dict(os.environ, DATABASE_URL=_test_database_url(),
-               HQ_SPOOL_DIR=str(tmp_path / "spool"), HQ_INGEST_FLUSH_MS="50",
+               HQ_SPOOL_DIR=str(tmp_path / "spool"), HQ_INGEST_FLUSH_MS="50", HQ_POLL_INTERVAL="1",
                PYTHONUNBUFFERED="1")
     manage = [sys.executable, str(ROOT / "manage.py")]
     if mode == "capture":

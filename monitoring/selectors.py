@@ -1,0 +1,298 @@
+"""Reads for monitoring: servers, queues, workers and per-queue time series.
+
+Queue depth, running and worker counts come from gearmand's own ``status`` (the latest
+poll), so jobs HQ never saw (submitted before it watched) are still counted. Rates and
+percentiles come from minute rollups, never from a scan of jobs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import Count
+from django.utils import timezone
+
+from hq.errors import InvalidInput
+from jobs.models import Job
+
+from . import histogram
+from .models import Rollup, Server, Worker
+
+RANGES = {"15m": (900, 60), "1h": (3600, 60), "6h": (21600, 300), "24h": (86400, 900),
+          "7d": (604800, 3600)}
+SPARK_POINTS = 30
+#: a snapshot older than this is not "now" (the tap that polls it has stopped)
+FRESH = timedelta(minutes=2)
+
+
+def servers() -> list[dict[str, Any]]:
+    now = timezone.now()
+    out = []
+    for s in Server.objects.select_related("state").order_by("name"):
+        state = getattr(s, "state", None)
+        started = state.started_at if state else None
+        out.append({
+            "id": s.id, "name": s.name, "address": s.address,
+            "up": bool(state and state.up), "version": state.version if state else "",
+            "pid": state.pid if state else "", "started_at": started,
+            "uptime_s": int((now - started).total_seconds()) if started and state.up else None,
+            "polled_at": state.polled_at if state else None,
+            "down_since": state.down_since if state else None,
+            "last_error": state.last_error if state else "",
+        })
+    return out
+
+
+LATEST_SQL = """
+SELECT DISTINCT ON (q.server_id, q.function) q.server_id, s.name, q.function, q.total,
+       q.running, q.workers, q.at
+FROM monitoring_queuesnapshot q JOIN monitoring_server s ON s.id = q.server_id
+WHERE q.at >= %s {server}
+ORDER BY q.server_id, q.function, q.at DESC
+"""
+SPARK_SQL = """
+SELECT server_id, function, total - running FROM (
+    SELECT server_id, function, total, running, at,
+           row_number() OVER (PARTITION BY server_id, function ORDER BY at DESC) AS n
+    FROM monitoring_queuesnapshot WHERE at >= %s {server}) recent
+WHERE n <= %s ORDER BY server_id, function, at
+"""
+OLDEST_SQL = """
+SELECT server_id, function, min(submitted_at) FROM jobs_job
+WHERE state = 'queued' AND submitted_at IS NOT NULL {server}
+GROUP BY 1, 2
+"""
+
+
+def _server_clause(server: str | None, alias: str = "") -> tuple[str, list[Any]]:
+    if not server:
+        return "", []
+    col = f"{alias}server_id" if alias else "server_id"
+    return f"AND {col} = (SELECT id FROM monitoring_server WHERE name = %s)", [server]
+
+
+def queues(server: str | None = None) -> list[dict[str, Any]]:
+    """One row per server and function: gearmand's live counts plus the last hour."""
+    now = timezone.now()
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    names = dict(Server.objects.values_list("id", "name"))
+    clause, args = _server_clause(server, "q.")
+    with connection.cursor() as cur:
+        cur.execute(LATEST_SQL.format(server=clause), [now - FRESH, *args])
+        for sid, sname, function, total, running, workers, _at in cur.fetchall():
+            rows[(sid, function)] = _queue_row(sname, function, max(total - running, 0),
+                                               running, workers)
+    hour = _rollup_totals(now - timedelta(hours=1), server)
+    for key, agg in hour.items():
+        row = rows.get(key)
+        if row is None:  # seen in jobs, not listed by gearmand now (server down, or idle)
+            row = rows[key] = _queue_row(names.get(key[0], "?"), key[1], None, None, None)
+        _add_hour(row, agg)
+    _add_oldest(rows, server, now)
+    _add_sparklines(rows, server, now)
+    for row in rows.values():
+        row["backed_up"] = bool(row["queued"]) and (
+            not row["workers"] or (row["oldest_queued_age_s"] or 0) > 60)
+    return sorted(rows.values(), key=lambda r: (r["server"], r["function"]))
+
+
+def _queue_row(server: str, function: str, queued: int | None, running: int | None,
+               workers: int | None) -> dict[str, Any]:
+    return {"server": server, "function": function, "queued": queued, "running": running,
+            "workers": workers, "oldest_queued_age_s": None, "completed_1h": 0,
+            "failed_1h": 0, "failure_rate_1h": None, "runtime_p50_ms": None,
+            "runtime_p95_ms": None, "wait_p95_ms": None, "sparkline": []}
+
+
+def _rollup_totals(since: datetime, server: str | None) -> dict[tuple[int, str], dict]:
+    qs = Rollup.objects.filter(minute__gte=since.replace(second=0, microsecond=0))
+    if server:
+        qs = qs.filter(server__name=server)
+    out: dict[tuple[int, str], dict] = {}
+    for r in qs.values_list("server_id", "function", "submitted", "completed", "failed",
+                            "runtime_hist", "wait_hist"):
+        agg = out.setdefault((r[0], r[1]), {"submitted": 0, "completed": 0, "failed": 0,
+                                            "runtime": histogram.empty(),
+                                            "wait": histogram.empty()})
+        agg["submitted"] += r[2]
+        agg["completed"] += r[3]
+        agg["failed"] += r[4]
+        histogram.add(agg["runtime"], r[5])
+        histogram.add(agg["wait"], r[6])
+    return out
+
+
+def _add_hour(row: dict[str, Any], agg: dict[str, Any]) -> None:
+    done = agg["completed"] + agg["failed"]
+    row["completed_1h"], row["failed_1h"] = agg["completed"], agg["failed"]
+    row["failure_rate_1h"] = agg["failed"] / done if done else None
+    row["runtime_p50_ms"] = histogram.percentile(agg["runtime"], 50)
+    row["runtime_p95_ms"] = histogram.percentile(agg["runtime"], 95)
+    row["wait_p95_ms"] = histogram.percentile(agg["wait"], 95)
+
+
+def _add_oldest(rows: dict, server: str | None, now: datetime) -> None:
+    clause, args = _server_clause(server)
+    with connection.cursor() as cur:
+        cur.execute(OLDEST_SQL.format(server=clause), args)
+        for sid, function, oldest in cur.fetchall():
+            row = rows.get((sid, function))
+            if row is not None and row["queued"]:
+                row["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 1)
+
+
+def _add_sparklines(rows: dict, server: str | None, now: datetime) -> None:
+    clause, args = _server_clause(server)
+    with connection.cursor() as cur:
+        cur.execute(SPARK_SQL.format(server=clause),
+                    [now - timedelta(minutes=30), *args, SPARK_POINTS])
+        for sid, function, depth in cur.fetchall():
+            row = rows.get((sid, function))
+            if row is not None:
+                row["sparkline"].append(max(depth, 0))
+
+
+def parse_range(range_name: str | None, step: str | None) -> tuple[int, int]:
+    """``range`` (15m, 1h, 6h, 24h, 7d) and ``step`` (seconds) → (range_s, step_s)."""
+    name = range_name or "1h"
+    if name not in RANGES:
+        raise InvalidInput(f"unknown range {name!r}",
+                           fields={"range": [f"Choose from: {', '.join(RANGES)}."]})
+    range_s, step_s = RANGES[name]
+    if step:
+        try:
+            step_s = int(step)
+        except ValueError:
+            raise InvalidInput("step must be a whole number of seconds",
+                               fields={"step": ["A whole number of seconds, e.g. 60."]}) from None
+        if step_s < 60 or step_s % 60:
+            raise InvalidInput("step must be a multiple of 60 seconds",
+                               fields={"step": ["60, 120, 300, …"]})
+        if range_s // step_s > 2000:
+            raise InvalidInput("too many points: use a larger step",
+                               fields={"step": ["At most 2000 points per range."]})
+    return range_s, step_s
+
+
+DEPTH_SQL = """
+SELECT to_timestamp(floor(extract(epoch FROM at) / %s) * %s) AS t,
+       max(total - running)
+FROM monitoring_queuesnapshot
+WHERE function = %s AND at >= %s {server}
+GROUP BY 1
+"""
+
+
+def queue_stats(function: str, range_s: int, step_s: int,
+                server: str | None = None) -> dict[str, Any]:
+    now = timezone.now()
+    start_epoch = (int(now.timestamp()) - range_s) // step_s * step_s
+    start = datetime.fromtimestamp(start_epoch, tz=now.tzinfo)
+    buckets: dict[int, dict[str, Any]] = defaultdict(
+        lambda: {"submitted": 0, "completed": 0, "failed": 0,
+                 "runtime": histogram.empty(), "wait": histogram.empty()})
+    qs = Rollup.objects.filter(function=function, minute__gte=start)
+    if server:
+        qs = qs.filter(server__name=server)
+    for minute, sub, comp, fail, rt, wt in qs.values_list(
+            "minute", "submitted", "completed", "failed", "runtime_hist", "wait_hist"):
+        b = buckets[int(minute.timestamp()) // step_s * step_s]
+        b["submitted"] += sub
+        b["completed"] += comp
+        b["failed"] += fail
+        histogram.add(b["runtime"], rt)
+        histogram.add(b["wait"], wt)
+    depth = _depths(function, start, step_s, server)
+    points = []
+    for t in range(start_epoch, int(now.timestamp()) + 1, step_s):
+        b = buckets.get(t)
+        done = (b["completed"] + b["failed"]) if b else 0
+        points.append({
+            "t": datetime.fromtimestamp(t, tz=now.tzinfo).isoformat().replace("+00:00", "Z"),
+            "submitted": b["submitted"] if b else 0,
+            "completed": b["completed"] if b else 0,
+            "failed": b["failed"] if b else 0,
+            "failure_rate": (b["failed"] / done) if b and done else None,
+            "runtime_p50_ms": histogram.percentile(b["runtime"], 50) if b else None,
+            "runtime_p95_ms": histogram.percentile(b["runtime"], 95) if b else None,
+            "runtime_p99_ms": histogram.percentile(b["runtime"], 99) if b else None,
+            "wait_p95_ms": histogram.percentile(b["wait"], 95) if b else None,
+            "queue_depth": depth.get(t),
+        })
+    return {"function": function, "step": step_s, "points": points}
+
+
+def _depths(function: str, start: datetime, step_s: int, server: str | None) -> dict[int, int]:
+    clause, args = _server_clause(server)
+    with connection.cursor() as cur:
+        cur.execute(DEPTH_SQL.format(server=clause), [step_s, step_s, function, start, *args])
+        return {int(t.timestamp()): max(d, 0) for t, d in cur.fetchall()}
+
+
+def workers(server: str | None = None) -> list[dict[str, Any]]:
+    qs = Worker.objects.select_related("server").order_by("server__name", "client_id",
+                                                          "address", "fd")
+    if server:
+        qs = qs.filter(server__name=server)
+    rows = list(qs)
+    running = _running_jobs({w.server_id for w in rows})
+    counts = _finished_counts(rows)
+    now = timezone.now()
+    out = []
+    for w in rows:
+        job = _current_job(w, running)
+        done = counts.get((w.server_id, w.client_id or w.address), {})
+        out.append({
+            "id": w.id, "server": w.server.name, "client_id": w.client_id,
+            "address": w.address, "functions": w.functions,
+            "current_job": None if job is None else {
+                "id": job.id, "handle": job.handle, "function": job.function,
+                "running_s": round((now - job.started_at).total_seconds(), 1)
+                if job.started_at else None},
+            "connected_at": w.connected_at, "last_seen": w.last_seen,
+            "jobs_completed": done.get("completed", 0), "jobs_failed": done.get("failed", 0),
+        })
+    return out
+
+
+def _running_jobs(server_ids: set[int]) -> list[Job]:
+    if not server_ids:
+        return []
+    return list(Job.objects.filter(state="running", server_id__in=server_ids)
+                .only("id", "handle", "function", "worker", "started_at", "server_id"))
+
+
+def _current_job(w: Worker, running: list[Job]) -> Job | None:
+    """The job this worker runs now. Jobs name their worker by client id, else by peer
+    address (ip:port); gearmand's ``workers`` lists only the ip, so without a client id
+    the match is by ip among the worker's functions."""
+    for job in running:
+        if job.server_id != w.server_id or job.function not in w.functions:
+            continue
+        if w.client_id and job.worker == w.client_id:
+            return job
+        if not w.client_id and job.worker.rpartition(":")[0] == w.address:
+            return job
+    return None
+
+
+def _finished_counts(rows: list[Worker]) -> dict[tuple[int, str], dict[str, int]]:
+    names = {w.client_id for w in rows if w.client_id}
+    if not names:
+        return {}
+    since = min(w.connected_at for w in rows)
+    out: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
+    qs = (Job.objects.filter(worker__in=names, finished_at__gte=since,
+                             state__in=["completed", "failed"])
+          .values_list("server_id", "worker", "state").annotate(n=Count("id")))
+    for sid, worker, state, n in qs:
+        out[(sid, worker)][state] = n
+    return out
+
+
+def recent_failures(function: str, limit: int = 20) -> list[Job]:
+    return list(Job.objects.filter(function=function, state="failed")
+                .select_related("server").order_by("-id")[:limit])
