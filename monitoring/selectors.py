@@ -107,21 +107,37 @@ def _queue_row(server: str, function: str, queued: int | None, running: int | No
             "runtime_p95_ms": None, "wait_p95_ms": None, "sparkline": []}
 
 
+ROLLUP_COUNTS_SQL = """
+SELECT server_id, function, sum(submitted), sum(completed), sum(failed)
+FROM monitoring_rollup WHERE minute >= %s {server} GROUP BY 1, 2
+"""
+ROLLUP_HIST_SQL = """
+SELECT r.server_id, r.function, e.i - 1, sum(e.n::int)
+FROM monitoring_rollup r, jsonb_array_elements_text(r.{column}) WITH ORDINALITY AS e(n, i)
+WHERE r.minute >= %s {server} AND e.n <> '0'
+GROUP BY 1, 2, 3
+"""
+
+
 def _rollup_totals(since: datetime, server: str | None) -> dict[tuple[int, str], dict]:
-    qs = Rollup.objects.filter(minute__gte=since.replace(second=0, microsecond=0))
-    if server:
-        qs = qs.filter(server__name=server)
+    """Sums of the rollup rows since ``since`` per server and function; the histograms
+    are added up bucket by bucket in SQL (thousands of minute rows never reach Python)."""
+    clause, args = _server_clause(server, "r.")
+    since = since.replace(second=0, microsecond=0)
     out: dict[tuple[int, str], dict] = {}
-    for r in qs.values_list("server_id", "function", "submitted", "completed", "failed",
-                            "runtime_hist", "wait_hist"):
-        agg = out.setdefault((r[0], r[1]), {"submitted": 0, "completed": 0, "failed": 0,
-                                            "runtime": histogram.empty(),
-                                            "wait": histogram.empty()})
-        agg["submitted"] += r[2]
-        agg["completed"] += r[3]
-        agg["failed"] += r[4]
-        histogram.add(agg["runtime"], r[5])
-        histogram.add(agg["wait"], r[6])
+    with connection.cursor() as cur:
+        cur.execute(ROLLUP_COUNTS_SQL.format(server=clause.replace("r.", "")),
+                    [since, *args])
+        for sid, function, submitted, completed, failed in cur.fetchall():
+            out[(sid, function)] = {"submitted": submitted, "completed": completed,
+                                    "failed": failed, "runtime": histogram.empty(),
+                                    "wait": histogram.empty()}
+        for column, key in (("runtime_hist", "runtime"), ("wait_hist", "wait")):
+            cur.execute(ROLLUP_HIST_SQL.format(column=column, server=clause), [since, *args])
+            for sid, function, index, count in cur.fetchall():
+                agg = out.get((sid, function))
+                if agg is not None and 0 <= index < histogram.SIZE:
+                    agg[key][index] += count
     return out
 
 
