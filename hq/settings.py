@@ -130,9 +130,15 @@ HQ_INGEST_BATCH = env_int("HQ_INGEST_BATCH", 5000)
 HQ_INGEST_FLUSH_MS = env_int("HQ_INGEST_FLUSH_MS", 200)
 HQ_EVENT_RETENTION_DAYS = env_int("HQ_EVENT_RETENTION_DAYS", 30)
 HQ_POLL_INTERVAL = env_int("HQ_POLL_INTERVAL", 5)
+HQ_ALERT_INTERVAL = env_int("HQ_ALERT_INTERVAL", 10)
+HQ_ALERT_REPEAT_S = env_int("HQ_ALERT_REPEAT_S", 3600)
+HQ_PUBLIC_URL = env_str("HQ_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 
 CELERY_BEAT_SCHEDULE = {
     "refresh-rollups": {"task": "monitoring.tasks.refresh_recent_rollups", "schedule": 20.0},
+    "evaluate-alerts": {"task": "alerts.tasks.evaluate_alerts",
+                        "schedule": float(HQ_ALERT_INTERVAL)},
+    "deliver-notifications": {"task": "alerts.tasks.deliver_notifications", "schedule": 5.0},
     "prune-snapshots": {"task": "monitoring.tasks.prune_old_snapshots", "schedule": 3600.0},
 }
 

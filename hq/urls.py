@@ -7,6 +7,7 @@ from .api_errors import api_not_found
 api_v1 = [
     path("", include("jobs.api_urls")),
     path("", include("monitoring.api_urls")),
+    path("", include("alerts.api_urls")),
 ]
 
 urlpatterns = [

@@ -312,3 +312,55 @@ def _finished_counts(rows: list[Worker]) -> dict[tuple[int, str], dict[str, int]
 def recent_failures(function: str, limit: int = 20) -> list[Job]:
     return list(Job.objects.filter(function=function, state="failed")
                 .select_related("server").order_by("-id")[:limit])
+
+
+RUNNING_SQL = """
+SELECT server_id, function, extract(epoch FROM %s - min(started_at))
+FROM jobs_job WHERE state = 'running' AND started_at IS NOT NULL GROUP BY 1, 2
+"""
+#: drain_time when nothing completes: a year stands for "never"
+NEVER_S = 365 * 86400.0
+WINDOWED = ("failure_rate", "runtime_p95", "drain_time")
+
+
+def alert_metrics(windows: set[int], now: datetime | None = None
+                  ) -> dict[tuple[int, str], dict[str, float | None]]:
+    """Every alertable metric per (server id, function), as the alert rules name them.
+
+    Windowed metrics are keyed ``"failure_rate@300"`` (metric @ window seconds). A value
+    is None when there is nothing to judge (no jobs finished in the window; ``workers``
+    while nothing is queued and no worker is connected).
+    """
+    now = now or timezone.now()
+    out: dict[tuple[int, str], dict[str, float | None]] = defaultdict(dict)
+    live: dict[tuple[int, str], tuple[int, int]] = {}
+    with connection.cursor() as cur:
+        cur.execute(LATEST_SQL.format(server=""), [now - FRESH])
+        for sid, _name, function, total, running, workers, _at in cur.fetchall():
+            queued = max(total - running, 0)
+            live[(sid, function)] = (queued, workers)
+            m = out[(sid, function)]
+            m["queue_depth"] = queued
+            m["workers"] = workers if (queued or workers) else None
+            m["stranded"] = queued if workers == 0 else 0
+            m["oldest_queued_age"] = 0.0
+            m["running_too_long"] = 0.0
+        cur.execute(OLDEST_SQL.format(server=""), [])
+        for sid, function, oldest in cur.fetchall():
+            if live.get((sid, function), (0, 0))[0]:
+                out[(sid, function)]["oldest_queued_age"] = (now - oldest).total_seconds()
+        cur.execute(RUNNING_SQL, [now])
+        for sid, function, age in cur.fetchall():
+            out[(sid, function)]["running_too_long"] = float(age)
+    for window in windows:
+        for key, agg in _rollup_totals(now - timedelta(seconds=window), None).items():
+            m = out[key]
+            done = agg["completed"] + agg["failed"]
+            m[f"failure_rate@{window}"] = agg["failed"] / done if done else None
+            m[f"runtime_p95@{window}"] = histogram.percentile(agg["runtime"], 95)
+            queued = live.get(key, (0, 0))[0]
+            rate = agg["completed"] / window
+            m[f"drain_time@{window}"] = (queued / rate if rate else NEVER_S) if queued else 0.0
+        for key, (queued, _w) in live.items():
+            out[key].setdefault(f"drain_time@{window}", NEVER_S if queued else 0.0)
+    return out

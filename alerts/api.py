@@ -1,0 +1,78 @@
+"""REST endpoints for alerts: rules and channels CRUD, alert history, ack, channel test."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from hq.errors import InvalidInput
+from hq.permissions import AdminOnly
+from jobs.api import NewestFirst
+
+from . import delivery, services
+from .models import Alert, Channel, Rule
+from .serializers import (
+    AckSerializer,
+    AlertDetailSerializer,
+    AlertSerializer,
+    ChannelSerializer,
+    RuleSerializer,
+)
+
+
+class RuleViewSet(viewsets.ModelViewSet):
+    serializer_class = RuleSerializer
+    pagination_class = NewestFirst
+
+    def get_queryset(self) -> QuerySet[Rule]:
+        return Rule.objects.select_related("server").prefetch_related("channels")
+
+
+@extend_schema(parameters=[OpenApiParameter("state", str, enum=["firing", "resolved"])])
+class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    pagination_class = NewestFirst
+
+    def get_serializer_class(self):  # type: ignore[no-untyped-def]
+        return AlertDetailSerializer if self.action == "retrieve" else AlertSerializer
+
+    def get_queryset(self) -> QuerySet[Alert]:
+        qs = Alert.objects.select_related("rule", "server", "acknowledged_by")
+        state = self.request.query_params.get("state")
+        if state:
+            if state not in (Alert.FIRING, Alert.RESOLVED):
+                raise InvalidInput("state must be firing or resolved",
+                                   fields={"state": ["firing or resolved"]})
+            qs = qs.filter(state=state)
+        return qs
+
+    @extend_schema(request=AckSerializer, responses=AlertSerializer)
+    @action(detail=True, methods=["post"])
+    def ack(self, request: Request, pk: str) -> Response:
+        body = AckSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        alert = services.acknowledge(int(pk), request.user,
+                                     body.validated_data["silence_seconds"])
+        return Response(AlertSerializer(alert).data)
+
+
+class ChannelViewSet(viewsets.ModelViewSet):
+    serializer_class = ChannelSerializer
+    permission_classes = [AdminOnly]
+    pagination_class = NewestFirst
+    queryset = Channel.objects.all()
+
+    @action(detail=True, methods=["post"])
+    def test(self, request: Request, pk: str) -> Response:
+        channel = self.get_object()
+        note = services.send_test(channel)
+        result = delivery.send(channel.url, note.title, note.body)
+        note.attempts = 1
+        note.status = note.SENT if result.ok else note.FAILED
+        note.last_error = result.error
+        note.save(update_fields=["attempts", "status", "last_error"])
+        code = status.HTTP_200_OK if result.ok else status.HTTP_502_BAD_GATEWAY
+        return Response({"ok": result.ok, "error": result.error or None}, status=code)

@@ -1,0 +1,47 @@
+"""A Nagios/Icinga plugin view of one metric: status line with perfdata, exit 0/1/2/3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitoring import selectors as monitoring
+from monitoring.models import Server
+
+from .models import Metric, Rule
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    code: int
+    line: str
+
+
+def check(function: str, metric: str, warning: float, critical: float, *,
+          below: bool = False, window: int = 300, server: str | None = None) -> CheckResult:
+    label = f"HQ {metric.upper()}"
+    if metric not in Metric.values:
+        return CheckResult(UNKNOWN, f"{label} UNKNOWN - unknown metric {metric!r}")
+    rule = Rule(metric=metric, function=function, window_seconds=window,
+                operator="<" if below else ">", threshold=0)
+    key = f"{metric}@{window}" if metric in monitoring.WINDOWED else metric
+    server_id = None
+    if server:
+        server_id = Server.objects.filter(name=server).values_list("id", flat=True).first()
+        if server_id is None:
+            return CheckResult(UNKNOWN, f"{label} UNKNOWN - no server named {server!r}")
+    values = [(fn, m.get(key)) for (sid, fn), m in monitoring.alert_metrics({window}).items()
+              if rule.matches(fn) and (server_id is None or sid == server_id)]
+    values = [(fn, v) for fn, v in values if v is not None]
+    if not values:
+        return CheckResult(UNKNOWN, f"{label} UNKNOWN - no data for {function!r}")
+    fn, value = (min if below else max)(values, key=lambda item: item[1])
+
+    def worse(limit: float) -> bool:
+        return value < limit if below else value > limit
+
+    code = CRITICAL if worse(critical) else WARNING if worse(warning) else OK
+    perf = f"{metric}={value:g};{warning:g};{critical:g}"
+    return CheckResult(code, f"{label} {NAMES[code]} - {fn} {metric} is {value:g} | {perf}")

@@ -1,0 +1,197 @@
+"""Where a rule fires: evaluation of every enabled rule against the monitoring metrics.
+
+One tick (:func:`evaluate`) reads every metric once (``monitoring.selectors.alert_metrics``),
+steps each (rule, queue) state machine (``RuleState.step``), opens or resolves alerts, and
+writes one outbox row per channel for each change (``alerts/delivery.py`` sends them).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from hq.errors import Conflict, NotFound
+from monitoring import selectors as monitoring
+from monitoring.models import Server
+from monitoring.services import refresh_rollups
+
+from .models import Alert, Channel, Notification, Rule, RuleState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickResult:
+    rules: int = 0
+    states: int = 0
+    fired: list[int] = field(default_factory=list)
+    resolved: list[int] = field(default_factory=list)
+
+
+def metric_key(rule: Rule) -> str:
+    if rule.metric in monitoring.WINDOWED:
+        return f"{rule.metric}@{rule.window_seconds}"
+    return rule.metric
+
+
+def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult:
+    """One evaluation tick over every enabled rule."""
+    now = now or timezone.now()
+    if refresh:  # fold the last minutes' jobs into rollups so rates are current
+        refresh_rollups(now - timedelta(minutes=2))
+    rules = list(Rule.objects.filter(enabled=True).prefetch_related("channels"))
+    windows = {r.window_seconds for r in rules if r.metric in monitoring.WINDOWED}
+    values = monitoring.alert_metrics(windows, now)
+    states = {(s.rule_id, s.server_id, s.function): s
+              for s in RuleState.objects.filter(rule__in=rules)}
+    by_rule: dict[int, dict[tuple[int | None, str], RuleState]] = {}
+    for (rid, sid, function), state in states.items():
+        by_rule.setdefault(rid, {})[(sid, function)] = state
+    result = TickResult(rules=len(rules))
+    new_states: list[RuleState] = []
+    dirty: list[RuleState] = []
+    snapshots: dict[int | None, dict[str, Any]] = {}
+    with transaction.atomic():
+        for rule in rules:
+            key = metric_key(rule)
+            seen: set[tuple[int | None, str]] = set()
+            for (sid, function), metrics in values.items():
+                if (rule.server_id and sid != rule.server_id) or not rule.matches(function):
+                    continue
+                seen.add((sid, function))
+                state = states.get((rule.id, sid, function))
+                if state is None:
+                    state = RuleState(rule=rule, server_id=sid, function=function,
+                                      state=RuleState.OK, since=now, evaluated_at=now)
+                    new_states.append(state)
+                if _apply(rule, state, metrics.get(key), now, result, snapshots):
+                    dirty.append(state)
+            for (sid, function), state in by_rule.get(rule.id, {}).items():
+                gone = (sid, function) not in seen  # the queue went away: no data
+                if gone and _apply(rule, state, None, now, result, snapshots):
+                    dirty.append(state)
+        RuleState.objects.bulk_create(new_states)
+        # only states that moved are written: a steady tick over thousands costs nothing
+        RuleState.objects.bulk_update(
+            [s for s in dirty if s.pk], ["state", "since", "value", "evaluated_at"],
+            batch_size=1000)
+        _repeat_notifications(now)
+    result.states = len(states) + len(new_states)
+    return result
+
+
+def _apply(rule: Rule, state: RuleState, value: float | None, now: datetime,
+           result: TickResult, snapshots: dict[int | None, dict[str, Any]]) -> bool:
+    """Step one state machine; True when its state changed (it must be saved)."""
+    before = (state.state, state.since)
+    transition = state.step(rule, value, now)
+    if transition.fired and value is not None:
+        alert = _fire(rule, state, value, now, snapshots)
+        result.fired.append(alert.id)
+    elif transition.resolved:
+        alert = _resolve(rule, state, now)
+        if alert is not None:
+            result.resolved.append(alert.id)
+    return (state.state, state.since) != before
+
+
+def _snapshot(server_id: int | None, cache: dict[int | None, dict[str, Any]]) -> dict:
+    """What the queues and workers looked like when the alert fired (JSON-safe)."""
+    if server_id not in cache:
+        name = Server.objects.filter(pk=server_id).values_list("name", flat=True).first()
+        queues = [{k: v for k, v in row.items() if k != "sparkline"}
+                  for row in monitoring.queues(name)]
+        workers = [{**w, "connected_at": w["connected_at"].isoformat(),
+                    "last_seen": w["last_seen"].isoformat()} for w in monitoring.workers(name)]
+        cache[server_id] = {"queues": queues, "workers": workers}
+    return cache[server_id]
+
+
+def _fire(rule: Rule, state: RuleState, value: float, now: datetime,
+          snapshots: dict[int | None, dict[str, Any]]) -> Alert:
+    alert = Alert.objects.create(rule=rule, server_id=state.server_id,
+                                 function=state.function, state=Alert.FIRING, value=value,
+                                 peak=value, started_at=now, last_notified_at=now,
+                                 snapshot=_snapshot(state.server_id, snapshots))
+    _notify(alert, "firing", now)
+    log.warning("alert fired: %s on %s = %g", rule.name, state.function, value)
+    return alert
+
+
+def _resolve(rule: Rule, state: RuleState, now: datetime) -> Alert | None:
+    alert = (Alert.objects.filter(rule=rule, server_id=state.server_id,
+                                  function=state.function, state=Alert.FIRING)
+             .order_by("-started_at").first())
+    if alert is None:
+        return None
+    alert.state, alert.resolved_at = Alert.RESOLVED, now
+    if state.value is not None:
+        alert.value = state.value
+    alert.save(update_fields=["state", "resolved_at", "value"])
+    _notify(alert, "resolved", now)
+    log.info("alert resolved: %s on %s", rule.name, state.function)
+    return alert
+
+
+def _message(alert: Alert, kind: str) -> tuple[str, str]:
+    rule = alert.rule
+    where = f"{alert.function}" + (f" on {alert.server.name}" if alert.server else "")
+    if kind == "firing":
+        title = f"[{rule.severity.upper()}] {rule.name}: {where}"
+        body = (f"{rule.describe()} is true: {rule.metric} = {alert.value:g} "
+                f"(since {alert.started_at:%Y-%m-%d %H:%M:%S} UTC).")
+    else:
+        title = f"[RESOLVED] {rule.name}: {where}"
+        body = (f"{rule.metric} is back to {alert.value:g} "
+                f"after {alert.duration_s or 0:.0f} s.")
+    return title, f"{body}\n{settings.HQ_PUBLIC_URL}/alerts/{alert.id}/"
+
+
+def _notify(alert: Alert, kind: str, now: datetime) -> None:
+    title, body = _message(alert, kind)
+    Notification.objects.bulk_create([
+        Notification(alert=alert, channel=ch, kind=kind, title=title, body=body,
+                     next_attempt_at=now)
+        for ch in alert.rule.channels.all() if ch.enabled
+    ])
+
+
+def _repeat_notifications(now: datetime) -> None:
+    """A firing alert nobody acknowledged is announced again every HQ_ALERT_REPEAT_S."""
+    every = settings.HQ_ALERT_REPEAT_S
+    if every <= 0:
+        return
+    due = (Alert.objects.filter(state=Alert.FIRING, acknowledged_at__isnull=True,
+                                last_notified_at__lte=now - timedelta(seconds=every))
+           .exclude(silenced_until__gt=now).select_related("rule", "server"))
+    for alert in due:
+        _notify(alert, "firing", now)
+        Alert.objects.filter(pk=alert.pk).update(last_notified_at=now)
+
+
+def acknowledge(alert_id: int, user: Any, silence_s: int = 0) -> Alert:
+    alert = Alert.objects.filter(pk=alert_id).first()
+    if alert is None:
+        raise NotFound(f"No alert with id {alert_id}.")
+    if alert.state != Alert.FIRING:
+        raise Conflict("Only a firing alert can be acknowledged.")
+    now = timezone.now()
+    alert.acknowledged_by, alert.acknowledged_at = user, now
+    if silence_s > 0:
+        alert.silenced_until = now + timedelta(seconds=silence_s)
+    alert.save(update_fields=["acknowledged_by", "acknowledged_at", "silenced_until"])
+    return alert
+
+
+def send_test(channel: Channel) -> Notification:
+    now = timezone.now()
+    return Notification.objects.create(
+        channel=channel, kind="test", title="Gearman HQ test notification",
+        body=f"This is a test of channel {channel.name!r}. If you read it, it works.",
+        next_attempt_at=now)
