@@ -1,0 +1,76 @@
+"""The issue's headline scenario on the real stack: a queue backs up, HQ fires and tells a
+(local) notification endpoint; a worker drains it, HQ resolves and tells it again."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from alerts import delivery, services
+from alerts.models import Alert, Channel, Notification, Rule
+from monitoring.selectors import alert_metrics
+from tests.conftest import Tap, wait_for
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.gearmand
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def depth(function: str) -> float | None:
+    """The queue depth the evaluator sees for ``function`` now."""
+    for (_sid, fn), metrics in alert_metrics(set()).items():
+        if fn == function:
+            return metrics.get("queue_depth")
+    return None
+
+
+def tick() -> services.TickResult:
+    """One evaluation tick followed by one delivery round, as the Celery beat runs them."""
+    result = services.evaluate()
+    delivery.deliver_due()
+    return result
+
+
+def test_queue_backs_up_fires_then_resolves(tap: Tap, receiver: Receiver) -> None:
+    channel = Channel.objects.create(name="ops", url=receiver.url)
+    rule = Rule.objects.create(name="backlog", metric="queue_depth", function="thumb*",
+                               operator=">", threshold=5, for_seconds=0)
+    rule.channels.add(channel)
+    for i in range(20):
+        subprocess.run(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-b", "-f",
+                        "thumbnail", f"img {i}"], check=True, timeout=20)
+    # the poller reports the depth within a second or two; two ticks are enough after that
+    wait_for(lambda: depth("thumbnail") == 20, message="depth 20")
+    fired = tick().fired or tick().fired
+    assert len(fired) == 1
+    alert = Alert.objects.get(pk=fired[0])
+    assert alert.state == "firing" and alert.value == 20 and alert.function == "thumbnail"
+    assert any(q["function"] == "thumbnail" for q in alert.snapshot["queues"])
+    assert len(receiver.messages) == 1
+    assert "backlog" in receiver.messages[0]["title"]
+    tick()  # still firing: nothing new is sent
+    assert len(receiver.messages) == 1
+
+    worker = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-w", "-f",
+                               "thumbnail", "--", "cat"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: depth("thumbnail") == 0, message="drained")
+        resolved = tick().resolved
+    finally:
+        worker.terminate()
+        worker.wait()
+    assert resolved == [alert.id]
+    alert.refresh_from_db()
+    assert alert.state == "resolved" and alert.resolved_at is not None
+    assert len(receiver.messages) == 2
+    assert "RESOLVED" in receiver.messages[1]["title"]
+    assert Notification.objects.filter(alert=alert, status="sent").count() == 2
