@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -147,6 +148,7 @@ class EventWriter:
     def __init__(
         self, server: str, conninfo: str, *, spool_dir: Path, batch: int = 5000,
         flush_ms: int = 200, address: str = "",
+        on_commit: Callable[[list[Delta]], None] | None = None,
     ) -> None:
         self.server_name = server
         self.address = address
@@ -154,6 +156,7 @@ class EventWriter:
         self.batch = batch
         self.flush_s = flush_ms / 1000
         self.spool = Spool(spool_dir / server)
+        self.on_commit = on_commit  # told which jobs changed, after each committed batch
         self._queue: deque[Event] = deque()
         self._prefix = uuid.uuid4().int >> 64 << 64
         self._seq = 0
@@ -303,7 +306,13 @@ class EventWriter:
                      for token in {r.boot for r in rows}}
             self._ensure_partitions(conn, rows)
             self._insert_events(conn, server_id, boots, rows)
-            self._upsert_jobs(conn, server_id, boots, fold(rows))
+            deltas = fold(rows)
+            self._upsert_jobs(conn, server_id, boots, deltas)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(deltas)
+            except Exception:  # a live-stream hiccup must never stop ingest
+                log.exception("on_commit hook failed")
         self.counters["batches"] += 1
         self.counters["events_written"] += len(rows)
         self.counters["lag_ms"] = int((time.time() - rows[-1].at.timestamp()) * 1000)
