@@ -16,5 +16,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/<path:rest>", api_not_found),
+    path("", include("monitoring.web_urls")),
     path("", include("jobs.web_urls")),
 ]

@@ -48,11 +48,6 @@ def viewer_required(view: View) -> View:
     return wrapped
 
 
-@viewer_required
-def home(request: HttpRequest) -> HttpResponse:
-    return redirect("job-list")  # the monitoring home comes later
-
-
 @require_GET
 @viewer_required
 def job_list(request: HttpRequest) -> HttpResponse:

@@ -7,7 +7,6 @@ from hq import views as hq_views
 from . import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
     path("login/", hq_views.login_view, name="login"),
     path("logout/", hq_views.logout_view, name="logout"),
     path("jobs/", views.job_list, name="job-list"),

@@ -7,6 +7,7 @@ refuse ORM calls from it unless told that this is fine (it is: the test is synch
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def page(browser) -> Iterator[object]:
         if "/static/" in r.url and r.status >= 400:
             problems.append(f"{r.status} {r.url}")
 
+    # live_server speaks WSGI only: a quiet stand-in for /ws/live/ keeps every page's
+    # live.js connected (tests that drive the socket register their own, which wins)
+    page.route_web_socket(re.compile(r"/ws/live/"), lambda ws: None)
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", console)
     page.on("response", response)
