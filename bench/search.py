@@ -38,11 +38,11 @@ INSERT INTO jobs_job (server_id, boot_id, handle, function, "unique", priority, 
     payload_text, payload_size, result_text, result_size, error, clients, updated_at)
 SELECT %(server)s, %(boot)s, 'H:bench:' || i, 'fn_' || (i %% {functions}), 'u-' || i,
     'normal', true,
-    CASE WHEN i %% 50 = 0 THEN 'failed' ELSE 'completed' END,
+    CASE WHEN i %% 47 = 0 THEN 'failed' ELSE 'completed' END,
     t, t + interval '20 ms', t + interval '20 ms' + (i %% 997) * interval '1 ms',
     20, i %% 997, 1, 'worker-' || (i %% 40),
     '{{"order": ' || (1000000 + i) || ', "sku": "SKU-' || (i %% 5000) || '"}}', 40,
-    'ok', 2, CASE WHEN i %% 50 = 0 THEN 'timeout talking to upstream' ELSE '' END, 1, t
+    'ok', 2, CASE WHEN i %% 47 = 0 THEN 'timeout talking to upstream' ELSE '' END, 1, t
 FROM (SELECT i, now() - interval '7 days' * (%(total)s - i) / %(total)s AS t
       FROM generate_series(%(start)s, %(stop)s) AS i) s
 """

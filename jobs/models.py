@@ -70,10 +70,7 @@ class Job(models.Model):
             models.Index(fields=["function", "-id"], name="job_function"),
             models.Index(fields=["worker", "-id"], name="job_worker"),
             models.Index(fields=["state", "-id"], name="job_state"),
-            models.Index(
-                fields=["function", "state"], name="job_active",
-                condition=models.Q(state__in=["queued", "running", "scheduled"]),
-            ),
+            models.Index(fields=["function", "state", "-id"], name="job_function_state"),
         ]
 
     def __str__(self) -> str:
