@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from hq.errors import Conflict, NotFound
+from monitoring import live
 from monitoring import selectors as monitoring
 from monitoring.models import Server
 from monitoring.services import refresh_rollups
@@ -120,6 +121,7 @@ def _fire(rule: Rule, state: RuleState, value: float, now: datetime,
                                  peak=value, started_at=now, last_notified_at=now,
                                  snapshot=_snapshot(state.server_id, snapshots))
     _notify(alert, "firing", now)
+    _announce(alert, rule)
     log.warning("alert fired: %s on %s = %g", rule.name, state.function, value)
     return alert
 
@@ -135,8 +137,17 @@ def _resolve(rule: Rule, state: RuleState, now: datetime) -> Alert | None:
         alert.value = state.value
     alert.save(update_fields=["state", "resolved_at", "value"])
     _notify(alert, "resolved", now)
+    _announce(alert, rule)
     log.info("alert resolved: %s on %s", rule.name, state.function)
     return alert
+
+
+def _announce(alert: Alert, rule: Rule) -> None:
+    """Live pages hear of it once the transaction that made it commits."""
+    message = {"rule": rule.name, "state": alert.state, "function": alert.function,
+               "server": alert.server.name if alert.server else "", "value": alert.value,
+               "id": alert.id, "severity": rule.severity}
+    transaction.on_commit(lambda: live.alert(**message))
 
 
 def _message(alert: Alert, kind: str) -> tuple[str, str]:

@@ -74,9 +74,13 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # redis-py's 5 s default read timeout is shorter than channels_redis's blocking
+        # read, which dropped every idle websocket (django/channels_redis#422)
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30,
+                              "socket_connect_timeout": 5}]},
     }
 }
+HQ_LIVE_INTERVAL_MS = env_int("HQ_LIVE_INTERVAL_MS", 500)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

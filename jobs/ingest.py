@@ -87,8 +87,8 @@ WITH inserted AS (
         coalesce(s.error, ''), s.clients, now()
     FROM stage_jobs s
     ON CONFLICT (boot_id, handle) DO NOTHING
-    RETURNING 1
-)
+    RETURNING id, handle, function, state
+), updated AS (
 UPDATE jobs_job j SET
     function = CASE WHEN s.function <> '' THEN s.function ELSE j.function END,
     "unique" = CASE WHEN s."unique" <> '' THEN s."unique" ELSE j."unique" END,
@@ -127,6 +127,9 @@ UPDATE jobs_job j SET
     updated_at = now()
 FROM stage_jobs s
 WHERE j.boot_id = s.boot_id AND j.handle = s.handle
+RETURNING j.id, j.handle, j.function, j.state
+)
+SELECT * FROM inserted UNION ALL SELECT * FROM updated
 """
 
 
@@ -148,7 +151,7 @@ class EventWriter:
     def __init__(
         self, server: str, conninfo: str, *, spool_dir: Path, batch: int = 5000,
         flush_ms: int = 200, address: str = "",
-        on_commit: Callable[[list[Delta]], None] | None = None,
+        on_commit: Callable[[list[tuple[int, str, str, str]]], None] | None = None,
     ) -> None:
         self.server_name = server
         self.address = address
@@ -156,7 +159,8 @@ class EventWriter:
         self.batch = batch
         self.flush_s = flush_ms / 1000
         self.spool = Spool(spool_dir / server)
-        self.on_commit = on_commit  # told which jobs changed, after each committed batch
+        # told (id, handle, function, state) of the jobs a batch changed, once committed
+        self.on_commit = on_commit
         self._queue: deque[Event] = deque()
         self._prefix = uuid.uuid4().int >> 64 << 64
         self._seq = 0
@@ -306,11 +310,10 @@ class EventWriter:
                      for token in {r.boot for r in rows}}
             self._ensure_partitions(conn, rows)
             self._insert_events(conn, server_id, boots, rows)
-            deltas = fold(rows)
-            self._upsert_jobs(conn, server_id, boots, deltas)
+            changed = self._upsert_jobs(conn, server_id, boots, fold(rows))
         if self.on_commit is not None:
             try:
-                self.on_commit(deltas)
+                self.on_commit(changed)
             except Exception:  # a live-stream hiccup must never stop ingest
                 log.exception("on_commit hook failed")
         self.counters["batches"] += 1
@@ -373,9 +376,10 @@ class EventWriter:
                 ))
 
     def _upsert_jobs(self, conn: psycopg.Connection[Any], server_id: int,
-                     boots: dict[str, int], deltas: list[Delta]) -> None:
+                     boots: dict[str, int], deltas: list[Delta]
+                     ) -> list[tuple[int, str, str, str]]:
         if not deltas:
-            return
+            return []
         cols = ", ".join(f'"{c}"' for c in DELTA_COLUMNS)
         rest = DELTA_COLUMNS[1:]
         with conn.cursor() as cur:
@@ -383,6 +387,7 @@ class EventWriter:
                 for d in deltas:
                     copy.write_row((boots[d.boot], *(getattr(d, c) for c in rest)))
             cur.execute(UPSERT_SQL, {"server": server_id})
+            return cur.fetchall()
 
 
 def conninfo_from_settings() -> str:

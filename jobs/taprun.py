@@ -17,10 +17,12 @@ from django.conf import settings
 
 from broker.admin import AdminClient, AdminError
 from broker.tap import TapSink, make_tap
+from monitoring import live
 
 from .ingest import EventWriter, conninfo_from_settings
 
 log = logging.getLogger("hq.tap")
+STATS_TO_REDIS_S = 5.0
 
 
 def read_pid(host: str, port: int, wait_s: float = 5.0) -> str | None:
@@ -44,7 +46,7 @@ class TapRunner:
         self.writer = EventWriter(
             server, conninfo_from_settings(), spool_dir=settings.HQ_SPOOL_DIR,
             batch=settings.HQ_INGEST_BATCH, flush_ms=settings.HQ_INGEST_FLUSH_MS,
-            address=f"{gearman[0]}:{gearman[1]}",
+            address=f"{gearman[0]}:{gearman[1]}", on_commit=self._jobs_changed,
         )
         self.pid = read_pid(*gearman) or "0"
         self.sink: TapSink = make_tap(self.writer.emit, boot=self.pid,
@@ -53,6 +55,8 @@ class TapRunner:
         self._stop = threading.Event()
         self._stats_interval = stats_interval
         self._poll_interval = poll_interval or settings.HQ_POLL_INTERVAL
+        self._last_queues: set[Any] = set()
+        self._last_workers: set[Any] = set()
 
     def start(self) -> None:
         self.writer.start()
@@ -64,7 +68,15 @@ class TapRunner:
     def stop(self) -> None:
         self._stop.set()
         self.writer.stop()
-        log.info("tap stopped: %s", json.dumps(self.stats(), sort_keys=True))
+        stats = self.stats()
+        live.tap_stats_to_redis(self.server, stats)
+        live.drain(2)
+        log.info("tap stopped: %s", json.dumps(stats, sort_keys=True))
+
+    def _jobs_changed(self, rows: list[tuple[int, str, str, str]]) -> None:
+        """After each committed batch: tell the live stream (coalesced there)."""
+        live.jobs_changed({"id": i, "handle": h, "function": f, "state": st,
+                           "server": self.server} for i, h, f, st in rows)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -100,6 +112,17 @@ class TapRunner:
             self.sink.request_boot(pid)
         self._safely(record_poll, self.server, address, pid=pid, version=version,
                      statuses=statuses, workers=workers)
+        self._publish_poll(statuses, workers)
+
+    def _publish_poll(self, statuses: list[Any], workers: list[Any]) -> None:
+        """Tell live pages when gearmand's counts or worker list moved since last poll."""
+        queues = {(s.function, s.total, s.running, s.workers) for s in statuses}
+        crew = {(w.fd, w.client_id, w.functions) for w in workers}
+        if queues != self._last_queues:
+            live.queues_changed(self.server)
+        if crew != self._last_workers:
+            live.workers_changed(self.server)
+        self._last_queues, self._last_workers = queues, crew
 
     @staticmethod
     def _safely(fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -113,5 +136,11 @@ class TapRunner:
             close_old_connections()
 
     def _log_stats(self) -> None:
-        while not self._stop.wait(self._stats_interval):
-            log.info("tap stats: %s", json.dumps(self.stats(), sort_keys=True))
+        """Stats to Redis every few seconds (for /metrics), to the log less often."""
+        last_log = time.monotonic()
+        while not self._stop.wait(STATS_TO_REDIS_S):
+            stats = self.stats()
+            live.tap_stats_to_redis(self.server, stats)
+            if time.monotonic() - last_log >= self._stats_interval:
+                last_log = time.monotonic()
+                log.info("tap stats: %s", json.dumps(stats, sort_keys=True))
