@@ -44,6 +44,9 @@ EVENT_COLUMNS = (
     "id", "at", "server_id", "boot_id", "handle", "kind", "conn", "worker", "numerator",
     "denominator", "data_text", "data_bin", "size", "detail",
 )
+#: Postgres types of EVENT_COLUMNS, for binary COPY (no text formatting in Python)
+EVENT_TYPES = ("uuid", "timestamptz", "int8", "int8", "varchar", "varchar", "varchar",
+               "varchar", "int8", "int8", "text", "bytea", "int4", "text")
 DELTA_COLUMNS = (
     "boot_id", "handle", "function", "unique", "priority", "background", "state",
     "state_initial", "submitted_at", "scheduled_for", "first_started_at", "started_at",
@@ -51,6 +54,14 @@ DELTA_COLUMNS = (
     "payload_text", "payload_bin", "payload_size", "result_text", "result_bin", "result_size",
     "error", "clients",
 )
+
+DELTA_TYPES = (
+    "int8", "varchar", "varchar", "varchar", "varchar", "bool", "varchar", "bool",
+    "timestamptz", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "int4",
+    "varchar", "int8", "int8", "text", "bytea", "int4", "text", "bytea", "int4", "text",
+    "int4",
+)
+assert len(DELTA_TYPES) == len(DELTA_COLUMNS) and len(EVENT_TYPES) == len(EVENT_COLUMNS)
 
 STAGE_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_jobs (
@@ -367,7 +378,9 @@ class EventWriter:
     def _insert_events(self, conn: psycopg.Connection[Any], server_id: int,
                        boots: dict[str, int], rows: list[EventRow]) -> None:
         cols = ", ".join(EVENT_COLUMNS)
-        with conn.cursor() as cur, cur.copy(f"COPY jobs_jobevent ({cols}) FROM STDIN") as copy:
+        with conn.cursor() as cur, cur.copy(
+                f"COPY jobs_jobevent ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(EVENT_TYPES)
             for r in rows:
                 copy.write_row((
                     r.id, r.at, server_id, boots[r.boot], r.handle, r.kind, r.conn,
@@ -383,7 +396,8 @@ class EventWriter:
         cols = ", ".join(f'"{c}"' for c in DELTA_COLUMNS)
         rest = DELTA_COLUMNS[1:]
         with conn.cursor() as cur:
-            with cur.copy(f"COPY stage_jobs ({cols}) FROM STDIN") as copy:
+            with cur.copy(f"COPY stage_jobs ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(DELTA_TYPES)
                 for d in deltas:
                     copy.write_row((boots[d.boot], *(getattr(d, c) for c in rest)))
             cur.execute(UPSERT_SQL, {"server": server_id})

@@ -28,7 +28,9 @@ class Job(models.Model):
     size on the wire, so truncation is visible.
     """
 
-    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="jobs")
+    # no index of its own: nothing filters jobs by server alone (and each index slows ingest)
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="jobs",
+                               db_index=False)
     boot = models.ForeignKey(Boot, on_delete=models.PROTECT, related_name="jobs",
                              db_index=False)  # (boot, handle) is unique: that index serves
     handle = models.CharField(max_length=255)
@@ -55,7 +57,8 @@ class Job(models.Model):
     result_size = models.IntegerField(default=0)
     error = models.TextField(blank=True, default="")
     clients = models.IntegerField(default=0)
-    retry_of = models.ForeignKey("self", null=True, on_delete=models.SET_NULL, related_name="+")
+    retry_of = models.ForeignKey("self", null=True, on_delete=models.SET_NULL, related_name="+",
+                                 db_index=False)
     updated_at = models.DateTimeField()
 
     class Meta:
