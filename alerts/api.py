@@ -9,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from hq.errors import InvalidInput
+from hq.errors import InvalidInput, NotFound
 from hq.permissions import AdminOnly
 from jobs.api import NewestFirst
 
@@ -54,6 +54,8 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def ack(self, request: Request, pk: str) -> Response:
         body = AckSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
+        if not pk.isdigit():
+            raise NotFound(f"No alert with id {pk}.")
         alert = services.acknowledge(int(pk), request.user,
                                      body.validated_data["silence_seconds"])
         return Response(AlertSerializer(alert).data)

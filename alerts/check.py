@@ -43,5 +43,11 @@ def check(function: str, metric: str, warning: float, critical: float, *,
         return value < limit if below else value > limit
 
     code = CRITICAL if worse(critical) else WARNING if worse(warning) else OK
-    perf = f"{metric}={value:g};{warning:g};{critical:g}"
-    return CheckResult(code, f"{label} {NAMES[code]} - {fn} {metric} is {value:g} | {perf}")
+    perf = f"{metric}={num(value)};{num(warning)};{num(critical)}"
+    return CheckResult(code, f"{label} {NAMES[code]} - {fn} {metric} is {num(value)} | {perf}")
+
+
+def num(value: float) -> str:
+    """Plain digits for perfdata (Nagios reads no exponent): 1234567, 0.25."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"

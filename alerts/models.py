@@ -34,10 +34,9 @@ class Severity(models.TextChoices):
 
 
 OPERATORS = {">": op.gt, ">=": op.ge, "<": op.lt, "<=": op.le}
-#: a firing alert resolves only once the value is this far (relative to the threshold,
-#: at least HYSTERESIS_MIN) on the good side, so a value hovering on the line never flaps
+#: a firing alert resolves only once the value is this far (relative to the threshold)
+#: on the good side, so a value hovering on the line never flaps
 HYSTERESIS = 0.05
-HYSTERESIS_MIN = 1e-9
 
 
 class Channel(models.Model):
@@ -87,11 +86,20 @@ class Rule(models.Model):
         return OPERATORS[self.operator](value, self.threshold)
 
     def recovered(self, value: float) -> bool:
-        """On the good side of the threshold by the hysteresis margin."""
-        margin = max(abs(self.threshold) * HYSTERESIS, HYSTERESIS_MIN)
+        """On the good side of the threshold by the hysteresis band (5 % of it).
+
+        Where the band is narrower than one whole unit, a whole-number value on the good
+        side also counts: counts (workers, queued jobs) cannot sit inside such a band, and
+        "workers < 1" must resolve when one worker comes back.
+        """
+        band = abs(self.threshold) * HYSTERESIS
         if self.operator in (">", ">="):
-            return value <= self.threshold - margin
-        return value >= self.threshold + margin
+            past = value <= self.threshold - band
+        else:
+            past = value >= self.threshold + band
+        if past:
+            return True
+        return band < 1 and value == int(value) and not self.breached(value)
 
 
 @lru_cache(maxsize=4096)

@@ -77,6 +77,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
                 gone = (sid, function) not in seen  # the queue went away: no data
                 if gone and _apply(rule, state, None, now, result, snapshots):
                     dirty.append(state)
+        _close_disabled(now)
         RuleState.objects.bulk_create(new_states)
         # only states that moved are written: a steady tick over thousands costs nothing
         RuleState.objects.bulk_update(
@@ -85,6 +86,14 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
         _repeat_notifications(now)
     result.states = len(states) + len(new_states)
     return result
+
+
+def _close_disabled(now: datetime) -> None:
+    """A rule switched off stops alerting: its firing alerts end (without a message) and
+    its states start over if it is switched on again."""
+    Alert.objects.filter(state=Alert.FIRING, rule__enabled=False).update(
+        state=Alert.RESOLVED, resolved_at=now)
+    RuleState.objects.filter(rule__enabled=False).delete()
 
 
 def _apply(rule: Rule, state: RuleState, value: float | None, now: datetime,
@@ -179,6 +188,7 @@ def _repeat_notifications(now: datetime) -> None:
     if every <= 0:
         return
     due = (Alert.objects.filter(state=Alert.FIRING, acknowledged_at__isnull=True,
+                                rule__enabled=True,
                                 last_notified_at__lte=now - timedelta(seconds=every))
            .exclude(silenced_until__gt=now).select_related("rule", "server"))
     for alert in due:

@@ -22,12 +22,25 @@ class Command(BaseCommand):
                             help="seconds, for failure_rate, runtime_p95, drain_time")
         parser.add_argument("--server", default=None)
 
+    def create_parser(self, prog_name, subcommand, **kwargs):  # type: ignore[no-untyped-def]
+        """Bad arguments are UNKNOWN (3) to Nagios, not argparse's 2 (CRITICAL)."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+
+        def error(message: str) -> None:
+            parser.print_usage(sys.stderr)
+            self.stdout.write(f"HQ UNKNOWN - bad arguments: {message}")
+            sys.exit(UNKNOWN)
+
+        parser.error = error  # type: ignore[method-assign]
+        return parser
+
     def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
         try:
             result = check(opts["function"], opts["metric"], opts["warning"], opts["critical"],
                            below=opts["below"], window=opts["window"], server=opts["server"])
         except Exception as exc:  # a plugin must answer UNKNOWN, never a traceback
-            self.stdout.write(f"HQ UNKNOWN - {exc.__class__.__name__}: {exc}")
+            message = " ".join(str(exc).split())  # one line, as Nagios reads it
+            self.stdout.write(f"HQ UNKNOWN - {exc.__class__.__name__}: {message}")
             sys.exit(UNKNOWN)
         self.stdout.write(result.line)
         sys.exit(result.code)
