@@ -8,6 +8,8 @@ counted and logged, never raised: a peer that sends garbage must not stop the ta
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 
 from .protocol import DecodeError, Parser
@@ -18,27 +20,29 @@ log = logging.getLogger(__name__)
 
 
 class TapSink:
-    """A :class:`~broker.stream.StreamSink` that feeds a tracker."""
+    """A :class:`~broker.stream.StreamSink` that feeds a tracker.
+
+    The byte source calls it from one thread; the boot watcher may call
+    :meth:`request_boot` from another. An uncontended lock (tens of nanoseconds a call)
+    keeps the tracker single-threaded either way, so a restart is applied at once even
+    when no traffic is flowing.
+    """
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self._parsers: dict[tuple[ConnKey, bool], Parser] = {}
-        self._pending_boot: str | None = None
+        self._lock = threading.Lock()
         self.counters = {"connections": 0, "bytes": 0, "decode_errors": 0, "gaps": 0}
 
     def request_boot(self, pid: str) -> None:
-        """Called from another thread (the boot watcher); applied on the source's thread at
-        the next callback, because the tracker is not thread-safe."""
-        self._pending_boot = pid
-
-    def _apply_boot(self, ts: float) -> None:
-        pid, self._pending_boot = self._pending_boot, None
-        if pid is not None:
-            self.tracker.set_boot(pid, ts)
+        with self._lock:
+            self.tracker.set_boot(pid, time.time())
 
     def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
-        if self._pending_boot is not None:
-            self._apply_boot(ts)
+        with self._lock:
+            self._open(conn, ts, mid_stream)
+
+    def _open(self, conn: ConnKey, ts: float, mid_stream: bool) -> None:
         self.counters["connections"] += 1
         for from_peer in (True, False):
             parser = self._parsers[(conn, from_peer)] = Parser()
@@ -47,30 +51,31 @@ class TapSink:
         self.tracker.opened(conn)
 
     def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
-        if self._pending_boot is not None:
-            self._apply_boot(ts)
-        self.counters["bytes"] += len(data)
-        parser = self._parsers.get((conn, from_peer))
-        if parser is None:  # a source that did not announce the connection
-            self.on_open(conn, ts, mid_stream=True)
-            parser = self._parsers[(conn, from_peer)]
-        packet = self.tracker.packet
-        for item in parser.feed(data):
-            if isinstance(item, DecodeError):
-                self._decode_error(conn, from_peer, item)
-            else:
-                packet(conn, item, ts)
+        with self._lock:
+            self.counters["bytes"] += len(data)
+            parser = self._parsers.get((conn, from_peer))
+            if parser is None:  # a source that did not announce the connection
+                self._open(conn, ts, True)
+                parser = self._parsers[(conn, from_peer)]
+            packet = self.tracker.packet
+            for item in parser.feed(data):
+                if isinstance(item, DecodeError):
+                    self._decode_error(conn, from_peer, item)
+                else:
+                    packet(conn, item, ts)
 
     def on_gap(self, conn: ConnKey, from_peer: bool, ts: float, lost: int) -> None:
-        self.counters["gaps"] += 1
-        parser = self._parsers.get((conn, from_peer))
-        if parser is not None:
-            parser.resync()
+        with self._lock:
+            self.counters["gaps"] += 1
+            parser = self._parsers.get((conn, from_peer))
+            if parser is not None:
+                parser.resync()
 
     def on_close(self, conn: ConnKey, ts: float) -> None:
-        self._parsers.pop((conn, True), None)
-        self._parsers.pop((conn, False), None)
-        self.tracker.closed(conn, ts)
+        with self._lock:
+            self._parsers.pop((conn, True), None)
+            self._parsers.pop((conn, False), None)
+            self.tracker.closed(conn, ts)
 
     def _decode_error(self, conn: ConnKey, from_peer: bool, err: DecodeError) -> None:
         self.counters["decode_errors"] += 1

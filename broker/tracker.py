@@ -98,6 +98,7 @@ class _Conn:
 class _Job:
     function: str | None
     background: bool | None
+    unique: str | None = None
     started: bool = False
     submitted: bool = False  # False while HQ knows the job only from its assignment
     waiters: set[ConnKey] = field(default_factory=set)
@@ -134,7 +135,10 @@ class Tracker:
         self._max_handle = 0
         self._conns: dict[ConnKey, _Conn] = {}
         self._jobs: dict[str, _Job] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        # handle -> (function, unique) of jobs that ended, to tell a late duplicate of
+        # their last packet from a new job that reuses the handle after a restart
+        self._finished: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        self._counter_boot = False  # a new boot was inferred from the handle counter
         self.counters = {"packets": 0, "events": 0, "unmatched_created": 0, "boots": 0}
 
     # -- connection lifecycle -------------------------------------------------------------
@@ -167,6 +171,11 @@ class Tracker:
     def set_boot(self, pid: str, ts: float) -> None:
         """gearmand's pid changed: every job HQ was following died with the old process."""
         if pid == self._pid:
+            return
+        if self._counter_boot:
+            # the restart was already seen in the handles: same boot, now with its pid
+            self._pid = pid
+            self._counter_boot = False
             return
         self._new_boot(ts, "gearmand restarted (pid changed)")
         self._pid = pid
@@ -248,6 +257,8 @@ class Tracker:
             self.counters["unmatched_created"] += 1
             return
         self._check_counter(handle, ts)
+        if self._reused(handle, sub):
+            self._restarted(ts, "gearmand restarted (a handle came back for another job)")
         job = self._jobs.get(handle)
         if not sub.background and job is not None:
             job.waiters.add(conn.key)
@@ -267,7 +278,7 @@ class Tracker:
         if job is None:
             # gearmand may hand the job to a worker before this JOB_CREATED is on the
             # wire; then the job is already known from its assignment.
-            job = self._jobs[handle] = _Job(sub.function, sub.background)
+            job = self._jobs[handle] = _Job(sub.function, sub.background, sub.unique)
         job.submitted = True
         job.background = sub.background
         if not sub.background:
@@ -282,7 +293,7 @@ class Tracker:
         job = self._jobs.get(handle)
         if job is None:
             # Queued before the capture began: record what the assignment tells us.
-            job = self._jobs[handle] = _Job(function, None)
+            job = self._jobs[handle] = _Job(function, None, unique)
             self._finished.pop(handle, None)
         job.started = True
         conn.holding.add(handle)
@@ -300,6 +311,12 @@ class Tracker:
             return
         data, size = self._cap(args[1]) if len(args) > 1 else (None, 0)
         conn.holding.discard(handle)
+        if by_server:
+            # gearmand gave up after the worker died: that death may not be seen yet
+            for holder in self._conns.values():
+                if handle in holder.holding:
+                    holder.holding.discard(handle)
+                    self._emit("worker_lost", handle, ts, holder, worker=holder.worker_name)
         detail = ""
         if by_server and kind == "failed":
             detail = "gearmand gave up on the job (job retries exhausted)"
@@ -315,7 +332,7 @@ class Tracker:
                 if waiter is not None:
                     waiter.waiting.discard(handle)
         finished = self._finished
-        finished[handle] = None
+        finished[handle] = (job.function, job.unique) if job is not None else (None, None)
         if len(finished) > FINISHED_MEMORY:
             finished.popitem(last=False)
 
@@ -327,11 +344,32 @@ class Tracker:
             return
         top = self._max_handle
         if (number <= 2 and top > 50) or top - number > 5000:
-            self._new_boot(ts, "gearmand restarted (handle counter went back)")
-            self._generation += 1
-            self.boot = f"{self._pid}.{self._generation}"
+            self._restarted(ts, "gearmand restarted (handle counter went back)")
             top = 0
         self._max_handle = max(top, number)
+
+    def _reused(self, handle: str, sub: _Submit) -> bool:
+        """A handle HQ knows, returned for a job that cannot be the same one: gearmand
+        coalesces only the same function with the same (non-empty) unique key, so another
+        function or another unique means its handle counter started over."""
+        known: tuple[str | None, str | None] | None = None
+        job = self._jobs.get(handle)
+        if job is not None:
+            known = (job.function, job.unique)
+        elif handle in self._finished:
+            known = self._finished[handle]
+        if known is None or known[0] is None:
+            return False
+        function, unique = known
+        return function != sub.function or bool(unique and sub.unique and unique != sub.unique)
+
+    def _restarted(self, ts: float, why: str) -> None:
+        """gearmand restarted and its pid is not known yet: a numbered boot of the old
+        pid, which the pid watcher later adopts (see set_boot) rather than restarting."""
+        self._new_boot(ts, why)
+        self._generation += 1
+        self.boot = f"{self._pid}.{self._generation}"
+        self._counter_boot = True
 
     def _new_boot(self, ts: float, why: str) -> None:
         for handle in list(self._jobs):

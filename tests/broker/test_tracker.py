@@ -656,7 +656,9 @@ def test_tap_sink_byte_at_a_time_and_close() -> None:
     assert sink.counters["decode_errors"] == 0
 
 
-def test_tap_sink_applies_a_requested_boot_on_the_next_callback() -> None:
+def test_tap_sink_applies_a_requested_boot_at_once_without_traffic() -> None:
+    """The boot watcher's thread applies a restart itself (under the sink's lock), so an
+    idle source still marks the old boot's jobs lost."""
     events: list[Event] = []
     sink = make_tap(events.append, boot="100")
     k = key(5001)
@@ -664,8 +666,5 @@ def test_tap_sink_applies_a_requested_boot_on_the_next_callback() -> None:
     sink.on_data(k, True, req(T.SUBMIT_JOB_BG, FN, b"", b"").to_bytes(), 2.0)
     sink.on_data(k, False, res(T.JOB_CREATED, H1.encode()).to_bytes(), 3.0)
     sink.request_boot("200")
-    assert [e.kind for e in events] == ["submitted"]
-    sink.on_data(k, True, req(T.ECHO_REQ, b"x").to_bytes(), 4.0)
-    assert [(e.kind, e.boot, e.ts) for e in events] == [("submitted", "100", 2.0),
-                                                         ("lost", "100", 4.0)]
+    assert [(e.kind, e.boot) for e in events] == [("submitted", "100"), ("lost", "100")]
     assert sink.tracker.boot == "200"
