@@ -13,7 +13,7 @@ from hq.errors import InvalidInput, NotFound
 from hq.permissions import AdminOnly
 from jobs.api import NewestFirst
 
-from . import delivery, services
+from . import services
 from .models import Alert, Channel, Rule
 from .serializers import (
     AckSerializer,
@@ -70,11 +70,6 @@ class ChannelViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str) -> Response:
         channel = self.get_object()
-        note = services.send_test(channel)
-        result = delivery.send(channel.url, note.title, note.body)
-        note.attempts = 1
-        note.status = note.SENT if result.ok else note.FAILED
-        note.last_error = result.error
-        note.save(update_fields=["attempts", "status", "last_error"])
+        _note, result = services.test_channel(channel)
         code = status.HTTP_200_OK if result.ok else status.HTTP_502_BAD_GATEWAY
         return Response({"ok": result.ok, "error": result.error or None}, status=code)

@@ -36,7 +36,7 @@ class SendResult:
 def send(url: str, title: str, body: str) -> SendResult:
     """One message to one apprise URL; the error is apprise's own words."""
     notifier = apprise.Apprise()
-    with apprise.LogCapture(level=apprise.logging.WARNING) as logs:
+    with apprise.LogCapture(level=apprise.logging.WARNING, fmt="%(message)s") as logs:
         if not notifier.add(url):
             return SendResult(False, "not a valid apprise URL (check its scheme and format)")
         ok = notifier.notify(title=title, body=body)

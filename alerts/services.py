@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -23,6 +23,9 @@ from monitoring.models import Server
 from monitoring.services import refresh_rollups
 
 from .models import Alert, Channel, Notification, Rule, RuleState
+
+if TYPE_CHECKING:
+    from .delivery import SendResult
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +213,18 @@ def acknowledge(alert_id: int, user: Any, silence_s: int = 0) -> Alert:
     return alert
 
 
-def send_test(channel: Channel) -> Notification:
-    now = timezone.now()
-    return Notification.objects.create(
+def test_channel(channel: Channel) -> tuple[Notification, SendResult]:
+    """Send a test message now and record it (already sent or failed, never pending, so
+    the delivery task does not send it a second time)."""
+    from .delivery import send
+
+    note = Notification(
         channel=channel, kind="test", title="Gearman HQ test notification",
         body=f"This is a test of channel {channel.name!r}. If you read it, it works.",
-        next_attempt_at=now)
+        next_attempt_at=timezone.now(), attempts=1)
+    result = send(channel.url, note.title, note.body)
+    note.status = Notification.SENT if result.ok else Notification.FAILED
+    note.sent_at = timezone.now() if result.ok else None
+    note.last_error = result.error
+    note.save()
+    return note, result

@@ -37,7 +37,7 @@ from jobs.views import viewer_required
 from monitoring.selectors import NEVER_S, WINDOWED
 from monitoring.views import _queue_row, _worker_row
 
-from . import delivery, services
+from . import services
 from .forms import ChannelForm, RuleForm
 from .models import Alert, Channel, Metric, Notification, Rule, RuleState
 from .serializers import AckSerializer
@@ -455,13 +455,7 @@ def channel_test(request: HttpRequest, pk: int) -> HttpResponse:
     """Send a test message now and say what happened (apprise's own words on failure).
     The same steps as ``POST /api/v1/channels/{id}/test/``."""
     channel = get_object_or_404(Channel, pk=pk)
-    note = services.send_test(channel)
-    result = delivery.send(channel.url, note.title, note.body)
-    note.attempts = 1
-    note.status = note.SENT if result.ok else note.FAILED
-    note.last_error = result.error
-    note.sent_at = timezone.now() if result.ok else None
-    note.save(update_fields=["attempts", "status", "last_error", "sent_at"])
+    _note, result = services.test_channel(channel)
     error = clean_error(result.error)
     context = {"channel": channel, "result": result, "error": error, "at": timezone.now()}
     if request.htmx:  # type: ignore[attr-defined]

@@ -20,5 +20,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/<path:rest>", api_not_found),
     path("", include("monitoring.web_urls")),
+    path("", include("alerts.web_urls")),
     path("", include("jobs.web_urls")),
 ]
