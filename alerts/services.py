@@ -7,6 +7,7 @@ writes one outbox row per channel for each change (``alerts/delivery.py`` sends 
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,6 +55,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
     values = monitoring.alert_metrics(windows, now)
     states = {(s.rule_id, s.server_id, s.function): s
               for s in RuleState.objects.filter(rule__in=rules)}
+    matcher = QueueMatcher(values)
     by_rule: dict[int, dict[tuple[int | None, str], RuleState]] = {}
     for (rid, sid, function), state in states.items():
         by_rule.setdefault(rid, {})[(sid, function)] = state
@@ -65,9 +67,10 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
         for rule in rules:
             key = metric_key(rule)
             seen: set[tuple[int | None, str]] = set()
-            for (sid, function), metrics in values.items():
-                if (rule.server_id and sid != rule.server_id) or not rule.matches(function):
+            for sid, function in matcher.keys(rule.function):
+                if rule.server_id and sid != rule.server_id:
                     continue
+                metrics = values[(sid, function)]
                 seen.add((sid, function))
                 state = states.get((rule.id, sid, function))
                 if state is None:
@@ -114,16 +117,63 @@ def _apply(rule: Rule, state: RuleState, value: float | None, now: datetime,
     return (state.state, state.since) != before
 
 
-def _snapshot(server_id: int | None, cache: dict[int | None, dict[str, Any]]) -> dict:
+#: an alert's snapshot keeps its own queue plus this many of the deepest others, and at
+#: most this many workers: enough to see the state of things, small enough to store often
+SNAPSHOT_QUEUES = 25
+SNAPSHOT_WORKERS = 100
+
+
+def _snapshot(server_id: int | None, function: str,
+              cache: dict[int | None, dict[str, Any]]) -> dict:
     """What the queues and workers looked like when the alert fired (JSON-safe)."""
-    if server_id not in cache:
+    if server_id not in cache:  # read once per server per tick, however many fire
         name = Server.objects.filter(pk=server_id).values_list("name", flat=True).first()
-        queues = [{k: v for k, v in row.items() if k != "sparkline"}
-                  for row in monitoring.queues(name)]
+        queues = sorted(({k: v for k, v in row.items() if k != "sparkline"}
+                         for row in monitoring.queues(name)),
+                        key=lambda q: -(q["queued"] or 0))
         workers = [{**w, "connected_at": w["connected_at"].isoformat(),
                     "last_seen": w["last_seen"].isoformat()} for w in monitoring.workers(name)]
         cache[server_id] = {"queues": queues, "workers": workers}
-    return cache[server_id]
+    full = cache[server_id]
+    own = [q for q in full["queues"] if q["function"] == function]
+    others = [q for q in full["queues"] if q["function"] != function][:SNAPSHOT_QUEUES]
+    kept = sorted(own + others, key=lambda q: (q["server"], q["function"]))
+    return {"queues": kept, "queues_total": len(full["queues"]),
+            "workers": full["workers"][:SNAPSHOT_WORKERS],
+            "workers_total": len(full["workers"])}
+
+
+class QueueMatcher:
+    """Which (server, function) keys a rule's glob matches, each distinct glob worked out
+    once per tick: exact names by lookup, ``prefix*`` by bisecting the sorted names,
+    anything else by its regex."""
+
+    def __init__(self, values: dict[tuple[int, str], Any]) -> None:
+        self._by_function: dict[str, list[tuple[int, str]]] = {}
+        for key in values:
+            self._by_function.setdefault(key[1], []).append(key)
+        self._names = sorted(self._by_function)
+        self._cache: dict[str, list[tuple[int, str]]] = {}
+
+    def keys(self, glob: str) -> list[tuple[int, str]]:
+        found = self._cache.get(glob)
+        if found is None:
+            found = self._cache[glob] = [
+                key for name in self._matching(glob) for key in self._by_function[name]]
+        return found
+
+    def _matching(self, glob: str) -> list[str]:
+        if glob == "*":
+            return self._names
+        if not any(c in glob for c in "*?["):
+            return [glob] if glob in self._by_function else []
+        prefix = glob[:-1]
+        if glob.endswith("*") and not any(c in prefix for c in "*?["):
+            start = bisect.bisect_left(self._names, prefix)
+            end = bisect.bisect_left(self._names, prefix + "\U0010ffff")
+            return self._names[start:end]
+        probe = Rule(function=glob)
+        return [name for name in self._names if probe.matches(name)]
 
 
 def _fire(rule: Rule, state: RuleState, value: float, now: datetime,
@@ -131,7 +181,7 @@ def _fire(rule: Rule, state: RuleState, value: float, now: datetime,
     alert = Alert.objects.create(rule=rule, server_id=state.server_id,
                                  function=state.function, state=Alert.FIRING, value=value,
                                  peak=value, started_at=now, last_notified_at=now,
-                                 snapshot=_snapshot(state.server_id, snapshots))
+                                 snapshot=_snapshot(state.server_id, state.function, snapshots))
     _notify(alert, "firing", now)
     _announce(alert, rule)
     log.warning("alert fired: %s on %s = %g", rule.name, state.function, value)
