@@ -62,7 +62,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
     result = TickResult(rules=len(rules))
     new_states: list[RuleState] = []
     dirty: list[RuleState] = []
-    snapshots: dict[int | None, dict[str, Any]] = {}
+    fired: list[tuple[Rule, RuleState, float]] = []
     with transaction.atomic():
         for rule in rules:
             key = metric_key(rule)
@@ -77,12 +77,13 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
                     state = RuleState(rule=rule, server_id=sid, function=function,
                                       state=RuleState.OK, since=now, evaluated_at=now)
                     new_states.append(state)
-                if _apply(rule, state, metrics.get(key), now, result, snapshots):
+                if _apply(rule, state, metrics.get(key), now, result, fired):
                     dirty.append(state)
             for (sid, function), state in by_rule.get(rule.id, {}).items():
                 gone = (sid, function) not in seen  # the queue went away: no data
-                if gone and _apply(rule, state, None, now, result, snapshots):
+                if gone and _apply(rule, state, None, now, result, fired):
                     dirty.append(state)
+        _fire_all(fired, now, result)
         _close_disabled(now)
         RuleState.objects.bulk_create(new_states)
         # only states that moved are written: a steady tick over thousands costs nothing
@@ -103,13 +104,13 @@ def _close_disabled(now: datetime) -> None:
 
 
 def _apply(rule: Rule, state: RuleState, value: float | None, now: datetime,
-           result: TickResult, snapshots: dict[int | None, dict[str, Any]]) -> bool:
-    """Step one state machine; True when its state changed (it must be saved)."""
+           result: TickResult, fired: list[tuple[Rule, RuleState, float]]) -> bool:
+    """Step one state machine; True when its state changed (it must be saved). Alerts
+    that fire are collected in ``fired`` and written together by :func:`_fire_all`."""
     before = (state.state, state.since)
     transition = state.step(rule, value, now)
     if transition.fired and value is not None:
-        alert = _fire(rule, state, value, now, snapshots)
-        result.fired.append(alert.id)
+        fired.append((rule, state, value))
     elif transition.resolved:
         alert = _resolve(rule, state, now)
         if alert is not None:
@@ -176,16 +177,25 @@ class QueueMatcher:
         return [name for name in self._names if probe.matches(name)]
 
 
-def _fire(rule: Rule, state: RuleState, value: float, now: datetime,
-          snapshots: dict[int | None, dict[str, Any]]) -> Alert:
-    alert = Alert.objects.create(rule=rule, server_id=state.server_id,
-                                 function=state.function, state=Alert.FIRING, value=value,
-                                 peak=value, started_at=now, last_notified_at=now,
-                                 snapshot=_snapshot(state.server_id, state.function, snapshots))
-    _notify(alert, "firing", now)
-    _announce(alert, rule)
-    log.warning("alert fired: %s on %s = %g", rule.name, state.function, value)
-    return alert
+def _fire_all(fired: list[tuple[Rule, RuleState, float]], now: datetime,
+              result: TickResult) -> None:
+    """Open the alerts of this tick in one INSERT, their notifications in another."""
+    if not fired:
+        return
+    snapshots: dict[int | None, dict[str, Any]] = {}
+    servers = Server.objects.in_bulk({state.server_id for _, state, _ in fired} - {None})
+    alerts = [Alert(rule=rule, server=servers.get(state.server_id), function=state.function,
+                    state=Alert.FIRING, value=value, peak=value, started_at=now,
+                    last_notified_at=now,
+                    snapshot=_snapshot(state.server_id, state.function, snapshots))
+              for rule, state, value in fired]
+    Alert.objects.bulk_create(alerts)
+    Notification.objects.bulk_create(
+        [note for alert in alerts for note in _notes(alert, "firing", now)])
+    for alert in alerts:
+        _announce(alert, alert.rule)
+        result.fired.append(alert.id)
+        log.warning("alert fired: %s on %s = %g", alert.rule.name, alert.function, alert.value)
 
 
 def _resolve(rule: Rule, state: RuleState, now: datetime) -> Alert | None:
@@ -226,13 +236,15 @@ def _message(alert: Alert, kind: str) -> tuple[str, str]:
     return title, f"{body}\n{settings.HQ_PUBLIC_URL}/alerts/{alert.id}/"
 
 
-def _notify(alert: Alert, kind: str, now: datetime) -> None:
+def _notes(alert: Alert, kind: str, now: datetime) -> list[Notification]:
     title, body = _message(alert, kind)
-    Notification.objects.bulk_create([
-        Notification(alert=alert, channel=ch, kind=kind, title=title, body=body,
-                     next_attempt_at=now)
-        for ch in alert.rule.channels.all() if ch.enabled
-    ])
+    return [Notification(alert=alert, channel=ch, kind=kind, title=title, body=body,
+                         next_attempt_at=now)
+            for ch in alert.rule.channels.all() if ch.enabled]
+
+
+def _notify(alert: Alert, kind: str, now: datetime) -> None:
+    Notification.objects.bulk_create(_notes(alert, kind, now))
 
 
 def _repeat_notifications(now: datetime) -> None:
