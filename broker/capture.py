@@ -453,7 +453,7 @@ class CaptureSource:
         *,
         tcpdump: str = "tcpdump",
         snaplen: int = 262144,
-        buffer_kib: int = 16384,
+        buffer_kib: int = 65536,
         immediate: bool = False,
         stats_interval: float | None = 10.0,
         idle_tick: float = 0.5,

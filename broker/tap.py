@@ -70,6 +70,7 @@ class TapSink:
             parser = self._parsers.get((conn, from_peer))
             if parser is not None:
                 parser.resync()
+            self.tracker.gap(conn)
 
     def on_close(self, conn: ConnKey, ts: float) -> None:
         with self._lock:

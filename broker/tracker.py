@@ -88,6 +88,7 @@ class _Conn:
     waiting: set[str] = field(default_factory=set)  # fg handles this client waits on
     holding: set[str] = field(default_factory=set)  # handles this worker was assigned
     admin: deque[bytes] = field(default_factory=deque)  # admin commands awaiting a reply
+    gaps: int = 0  # bytes were lost on this connection: its submits no longer pair up
 
     @property
     def worker_name(self) -> str:
@@ -167,6 +168,16 @@ class Tracker:
             if not job.started and not job.background:
                 # gearmand drops a foreground job nobody waits for before it has started.
                 self._forget(handle)
+
+    def gap(self, key: ConnKey) -> None:
+        """Bytes of this connection were lost. Its pending submits cannot be paired with
+        replies any more (one side of the pairing may be missing): forget them, so later
+        JOB_CREATEDs go unmatched instead of being paired with the wrong submit."""
+        conn = self._conns.get(key)
+        if conn is not None:
+            conn.pending.clear()
+            conn.admin.clear()
+            conn.gaps += 1
 
     def set_boot(self, pid: str, ts: float) -> None:
         """gearmand's pid changed: every job HQ was following died with the old process."""
@@ -257,7 +268,7 @@ class Tracker:
             self.counters["unmatched_created"] += 1
             return
         self._check_counter(handle, ts)
-        if self._reused(handle, sub):
+        if not conn.gaps and self._reused(handle, sub):
             self._restarted(ts, "gearmand restarted (a handle came back for another job)")
         job = self._jobs.get(handle)
         if not sub.background and job is not None:

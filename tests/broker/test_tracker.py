@@ -668,3 +668,26 @@ def test_tap_sink_applies_a_requested_boot_at_once_without_traffic() -> None:
     sink.request_boot("200")
     assert [(e.kind, e.boot) for e in events] == [("submitted", "100"), ("lost", "100")]
     assert sink.tracker.boot == "200"
+
+
+def test_a_gap_does_not_pair_replies_with_the_wrong_submits_or_invent_a_restart() -> None:
+    """Capture lost bytes of a pipelining client: the submits before the gap can no longer
+    be paired with JOB_CREATEDs, so they are dropped rather than mis-paired — and a
+    mis-pairing must never be read as 'gearmand restarted' (which marks jobs lost)."""
+    w = Wire()
+    client = w.open(5000)
+    w.submit(client, H1, fn=b"alpha", unique=b"u1")
+    # two more submits pipelined; the first one's JOB_CREATED is lost in a gap
+    w.send(client, req(T.SUBMIT_JOB_BG, b"beta", b"u2", b"x"),
+           req(T.SUBMIT_JOB_BG, b"gamma", b"u3", b"y"))
+    w.tracker.gap(client)
+    # H1 comes back (a fresh handle? no: a reply that belonged to something before the gap)
+    w.reply(client, res(T.JOB_CREATED, H1.encode()))
+    w.reply(client, res(T.JOB_CREATED, H3.encode()))
+    assert w.tracker.boot == "123"
+    assert w.of("lost") == []
+    assert w.kinds() == ["submitted"]  # only the job seen whole; nothing mis-paired
+    # after the gap the connection pairs again
+    w.submit(client, "H:lap:4", fn=b"delta", unique=b"u4")
+    assert [(e.kind, e.handle, e.function) for e in w.of("submitted")][-1] == (
+        "submitted", "H:lap:4", "delta")

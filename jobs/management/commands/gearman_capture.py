@@ -25,10 +25,15 @@ class Command(BaseCommand):
                             help="name of this gearmand in HQ")
         parser.add_argument("--gearman-host", default="127.0.0.1",
                             help="where to ask gearmand for its pid (admin protocol)")
+        parser.add_argument("--buffer-mib", type=int, default=64,
+                            help="kernel capture buffer: absorbs bursts the tap is slow on")
 
     def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
         runner = TapRunner(opts["server"], (opts["gearman_host"], opts["port"]))
-        source = CaptureSource(opts["interface"], opts["port"], runner.sink)
+        if opts["buffer_mib"] < 1:
+            raise CommandError("--buffer-mib must be at least 1")
+        source = CaptureSource(opts["interface"], opts["port"], runner.sink,
+                               buffer_kib=opts["buffer_mib"] * 1024)
         runner.source_stats = source.stats
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: source.stop())
