@@ -43,6 +43,7 @@ ShipMode = Literal["inline", "thread"]
 
 #: Write-buffer high-water mark per transport. 256 KiB keeps pipelined bursts flowing
 #: without a pause, while bounding memory at ~0.5 MiB per proxied connection.
+FLUSH_EVERY_S = 0.005
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 #: Log the first sink error and then one in this many, so a broken sink cannot flood logs.
@@ -200,6 +201,7 @@ class ThreadShipper:
             try:
                 item = queue.popleft()
             except IndexError:
+                self._idle_sink()
                 if self._stopping:
                     return
                 self._idle = True
@@ -209,6 +211,15 @@ class ThreadShipper:
                 self._idle = False
                 continue
             self._deliver(item)
+
+    def _idle_sink(self) -> None:
+        """Nothing queued: a sink that batches (``PipeSink``) sends what it holds now."""
+        flush = getattr(self.guard.sink, "flush", None)
+        if flush is not None:
+            try:
+                flush()
+            except Exception:
+                self.guard.failed("flush")
 
     def _deliver(self, item: _Item) -> None:
         kind, conn, from_peer, data, ts, lost = item
@@ -407,6 +418,7 @@ class Proxy:
         )
         self.ship = ship
         self.server: asyncio.Server | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self.pairs: set[_Pair] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
@@ -434,6 +446,19 @@ class Proxy:
         )
         log.info("proxy listening on %s:%d -> %s:%d", self.listen[0], self.port,
                  *self.upstream)
+        flush = getattr(self.shipper.guard.sink, "flush", None)
+        if flush is not None and self.ship == "inline":
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every(flush))
+
+    async def _flush_every(self, flush: Callable[[], None]) -> None:
+        """A sink that batches (``broker.pipe.PipeSink``) gets its partial batch out within
+        a few milliseconds even when traffic stops."""
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            try:
+                flush()
+            except Exception:
+                self.shipper.guard.failed("flush")
 
     async def serve_forever(self) -> None:
         """Start if needed and serve until cancelled; closes everything on the way out."""
@@ -447,6 +472,8 @@ class Proxy:
 
     async def close(self) -> None:
         """Stop listening, close every proxied connection, flush the sink queue."""
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self.server is not None:
             self.server.close()
         for task in list(self.tasks):

@@ -1,10 +1,15 @@
 """Sit in front of a gearmand: forward every byte unchanged, record a copy."""
 
+import multiprocessing
+import os
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from broker.admin import parse_address
+from broker.pipe import PipeSink, make_pipe
 from broker.proxy import run_proxy
+from jobs import tapchild
 from jobs.taprun import TapRunner
 
 
@@ -16,8 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("--upstream", default="127.0.0.1:4731", help="gearmand HOST:PORT")
         parser.add_argument("--server", default=settings.HQ_SERVER_NAME,
                             help="name of this gearmand in HQ")
-        parser.add_argument("--ship", choices=["inline", "thread"], default="inline",
-                            help="decode copies in the event loop or in a thread")
+        parser.add_argument(
+            "--ship", choices=["process", "thread", "inline"], default="process",
+            help="where copies are decoded: a child process (default: the other core), "
+                 "a thread, or the event loop itself")
 
     def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
         try:
@@ -25,13 +32,38 @@ class Command(BaseCommand):
             upstream = parse_address(opts["upstream"])
         except ValueError as exc:
             raise CommandError(f"bad address: {exc}") from exc
-        runner = TapRunner(opts["server"], upstream)
         self.stderr.write(f"proxying {listen[0]}:{listen[1]} -> {upstream[0]}:{upstream[1]} "
-                          f"as server {opts['server']!r}")
-        runner.start()
+                          f"as server {opts['server']!r} (decoding: {opts['ship']})")
         try:
-            run_proxy(listen, upstream, lambda: runner.sink, 1, ship=opts["ship"])
+            if opts["ship"] == "process":
+                self._with_child(listen, upstream, opts["server"])
+            else:
+                self._in_process(listen, upstream, opts["server"], opts["ship"])
         except OSError as exc:
             raise CommandError(f"cannot listen on {opts['listen']}: {exc}") from exc
+
+    def _in_process(self, listen, upstream, server, ship):  # type: ignore[no-untyped-def]
+        runner = TapRunner(server, upstream)
+        runner.start()
+        try:
+            run_proxy(listen, upstream, lambda: runner.sink, 1, ship=ship)
         finally:
             runner.stop()
+
+    def _with_child(self, listen, upstream, server):  # type: ignore[no-untyped-def]
+        """Forward here; parse, track and ingest in a child process (jobs/tapchild.py)."""
+        read_fd, write_fd = make_pipe()
+        ctx = multiprocessing.get_context("fork")  # before any loop or thread exists here
+        child = ctx.Process(target=tapchild.run, args=(read_fd, write_fd, server, upstream),
+                            name="hq-proxy-tap")
+        child.start()
+        os.close(read_fd)
+        sink = PipeSink(write_fd)
+        try:
+            run_proxy(listen, upstream, lambda: sink, 1, ship="inline")
+        finally:
+            sink.close()  # the child sees the end of the pipe, flushes and exits
+            child.join(60)
+            if child.exitcode is None:
+                child.terminate()
+            self.stderr.write(f"proxy copies: {sink.counters}")
