@@ -516,6 +516,10 @@ class CaptureSource:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                # Its own session: a Ctrl-C or SIGTERM to our process group must not end
+                # tcpdump before we have read what its buffer holds; we stop it ourselves.
+                # (Should we die by SIGKILL, its next write hits a closed pipe: SIGPIPE.)
+                start_new_session=True,
             )
         except OSError as exc:
             self.ready.set()

@@ -13,6 +13,7 @@ from broker.capture import CaptureError, CaptureSource
 from jobs.taprun import TapRunner
 
 log = logging.getLogger("hq.tap")
+DRAIN_MAX_S = 30.0
 
 
 class Command(BaseCommand):
@@ -35,8 +36,17 @@ class Command(BaseCommand):
         source = CaptureSource(opts["interface"], opts["port"], runner.sink,
                                buffer_kib=opts["buffer_mib"] * 1024)
         runner.source_stats = source.stats
+        stopping = threading.Event()
+
+        def on_signal(*_: object) -> None:
+            if stopping.is_set():  # a second signal: stop now
+                source.stop()
+                return
+            stopping.set()
+            threading.Thread(target=self._drain_then_stop, args=(source,), daemon=True).start()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: source.stop())
+            signal.signal(sig, on_signal)
         runner.start()
         threading.Thread(target=self._announce, args=(source, opts), daemon=True).start()
         started = time.monotonic()
@@ -48,6 +58,23 @@ class Command(BaseCommand):
         finally:
             runner.stop()
         log.info("capture ran %.1f s", time.monotonic() - started)
+
+    @staticmethod
+    def _drain_then_stop(source: CaptureSource) -> None:
+        """Under load the tap may run seconds behind the wire, with packets still waiting
+        in the kernel buffer; tcpdump exits without them. So keep reading until nothing
+        new arrives for a second (at most DRAIN_MAX_S), then stop tcpdump."""
+        log.info("stopping: reading what the capture buffer still holds")
+        deadline = time.monotonic() + DRAIN_MAX_S
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            frames = source.pcap.frames
+            if frames != seen:
+                seen, quiet_since = frames, time.monotonic()
+            elif time.monotonic() - quiet_since >= 1.0:
+                break
+            time.sleep(0.1)
+        source.stop()
 
     def _announce(self, source: CaptureSource, opts: dict) -> None:
         """One line once tcpdump listens: scripts and tests wait for it."""
