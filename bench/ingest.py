@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -117,17 +118,20 @@ def lag(rate: int, seconds: float, spool: Path) -> dict[str, float]:
     jobs_per_s = rate / 4
     total = int(jobs_per_s * seconds)
     samples: list[float] = []
-    stop = threading.Event()
+    pending: queue.Queue[tuple[str, float] | None] = queue.Queue()
 
-    def probe(handle: str, emitted: float) -> None:
-        while not stop.is_set():
-            qs = search_jobs({"handle": handle, "server": server, "state": "completed"})
-            if qs.exists():
-                samples.append(time.time() - emitted)
-                return
-            time.sleep(0.005)
+    def prober() -> None:
+        """One thread, samples in emission order (they become visible in that order):
+        a poll loop per sample would starve the writer of the GIL it measures."""
+        while (item := pending.get()) is not None:
+            handle, emitted = item
+            while not search_jobs({"handle": handle, "server": server,
+                                   "state": "completed"}).exists():
+                time.sleep(0.002)
+            samples.append(time.time() - emitted)
 
-    probes = []
+    probe_thread = threading.Thread(target=prober)
+    probe_thread.start()
     handle_no = 0
     started = time.perf_counter()
     while handle_no < total:
@@ -137,14 +141,11 @@ def lag(rate: int, seconds: float, spool: Path) -> dict[str, float]:
             now = time.time()
             for ev in make_events(1, handle_no, now - 0.003):
                 w.emit(ev)
-            if handle_no % max(1, int(jobs_per_s // 10)) == 0:  # ~10 probes a second
-                t = threading.Thread(target=probe, args=(f"H:bench:{handle_no}", now))
-                t.start()
-                probes.append(t)
+            if handle_no % max(1, int(jobs_per_s // 10)) == 0:  # ~10 samples a second
+                pending.put((f"H:bench:{handle_no}", now))
         time.sleep(0.001)
-    for t in probes:
-        t.join(30)
-    stop.set()
+    pending.put(None)
+    probe_thread.join(120)
     w.stop()
     samples.sort()
     return {"rate": rate, "samples": len(samples),
