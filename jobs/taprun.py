@@ -65,6 +65,11 @@ class TapRunner:
         log.info("tap for server %r watching gearmand %s:%d (pid %s)", self.server,
                  *self.gearman, self.pid)
 
+    def quiesce(self) -> None:
+        """Stop polling gearmand (our own admin traffic would keep a draining capture
+        busy); ingest goes on until :meth:`stop`."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         self.writer.stop()

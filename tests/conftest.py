@@ -199,6 +199,22 @@ def wait_jobs(server: str, count: int, *, state: str | None = None, timeout: flo
     return wait_for(ready, timeout, f"{count} jobs of {server} in state {state or 'any'}")
 
 
+def make_user(username: str, role: object, password: str):  # type: ignore[no-untyped-def]
+    """A user who can sign in with ``password``: with ``role`` (a hq.models.Role), or with
+    none at all when ``role`` is None."""
+    from django.contrib.auth import get_user_model
+
+    from hq.services import ensure_user
+
+    if role is None:
+        user = get_user_model().objects.create_user(username)
+    else:
+        user = ensure_user(username, role)  # type: ignore[arg-type]
+    user.set_password(password)
+    user.save()
+    return user
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _artifacts_dir() -> None:
     ARTIFACTS.mkdir(exist_ok=True)

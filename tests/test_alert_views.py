@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from html import unescape
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from alerts import services
@@ -23,6 +22,7 @@ from hq.models import Role
 from hq.services import ensure_user
 from monitoring.models import QueueSnapshot, Server, ServerState
 from tests.conftest import free_port
+from tests.conftest import make_user as _make_user
 from tests.receiver import Receiver
 from tests.test_monitoring_views import build_world
 
@@ -122,13 +122,7 @@ def build_alert_world() -> dict[str, object]:
 
 
 def _user(username: str, role: Role | None):
-    if role is None:
-        user = get_user_model().objects.create_user(username)
-    else:
-        user = ensure_user(username, role)
-    user.set_password(PASSWORD)
-    user.save()
-    return user
+    return _make_user(username, role, PASSWORD)
 
 
 @pytest.fixture

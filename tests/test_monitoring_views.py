@@ -11,15 +11,14 @@ import re
 from datetime import datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from hq.models import Role
-from hq.services import ensure_user
 from jobs.models import Job
 from monitoring import histogram
 from monitoring.models import Boot, QueueSnapshot, Rollup, Server, ServerState, Worker
 from monitoring.views import sparkline
+from tests.conftest import make_user as _make_user
 
 PASSWORD = "monitor-pass-123"
 
@@ -119,13 +118,7 @@ def build_world() -> dict[str, object]:
 
 
 def _user(username: str, role: Role | None):
-    if role is None:
-        user = get_user_model().objects.create_user(username)
-    else:
-        user = ensure_user(username, role)
-    user.set_password(PASSWORD)
-    user.save()
-    return user
+    return _make_user(username, role, PASSWORD)
 
 
 @pytest.fixture

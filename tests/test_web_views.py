@@ -6,27 +6,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from hq.models import Role
-from hq.services import ensure_user
 from jobs.models import Job, JobEvent
 from jobs.templatetags import hq_format
 from monitoring.models import Boot, Server
+from tests.conftest import make_user as _make_user
 
 PASSWORD = "correct-horse-battery"
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 
 
 def make_user(username: str, role: Role | None):
-    if role is None:
-        user = get_user_model().objects.create_user(username)
-    else:
-        user = ensure_user(username, role)
-    user.set_password(PASSWORD)
-    user.save()
-    return user
+    return _make_user(username, role, PASSWORD)
 
 
 @pytest.fixture

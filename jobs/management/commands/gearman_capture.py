@@ -13,7 +13,8 @@ from broker.capture import CaptureError, CaptureSource
 from jobs.taprun import TapRunner
 
 log = logging.getLogger("hq.tap")
-DRAIN_MAX_S = 30.0
+DRAIN_MAX_S = 10.0
+QUIET_S = 1.5
 
 
 class Command(BaseCommand):
@@ -43,6 +44,7 @@ class Command(BaseCommand):
                 source.stop()
                 return
             stopping.set()
+            runner.quiesce()
             threading.Thread(target=self._drain_then_stop, args=(source,), daemon=True).start()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,7 +65,8 @@ class Command(BaseCommand):
     def _drain_then_stop(source: CaptureSource) -> None:
         """Under load the tap may run seconds behind the wire, with packets still waiting
         in the kernel buffer; tcpdump exits without them. So keep reading until nothing
-        new arrives for a second (at most DRAIN_MAX_S), then stop tcpdump."""
+        new arrives for QUIET_S (longer than tcpdump's 1 s block timeout, so its last
+        partial block is in), at most DRAIN_MAX_S, then stop tcpdump."""
         log.info("stopping: reading what the capture buffer still holds")
         deadline = time.monotonic() + DRAIN_MAX_S
         seen, quiet_since = -1, time.monotonic()
@@ -71,7 +74,7 @@ class Command(BaseCommand):
             frames = source.pcap.frames
             if frames != seen:
                 seen, quiet_since = frames, time.monotonic()
-            elif time.monotonic() - quiet_since >= 1.0:
+            elif time.monotonic() - quiet_since >= QUIET_S:
                 break
             time.sleep(0.1)
         source.stop()
