@@ -59,11 +59,35 @@ class TapRunner:
         self._last_workers: set[Any] = set()
 
     def start(self) -> None:
+        self._close_previous_boots()
         self.writer.start()
         threading.Thread(target=self._watch_boot, name="hq-boot-watch", daemon=True).start()
         threading.Thread(target=self._log_stats, name="hq-tap-stats", daemon=True).start()
         log.info("tap for server %r watching gearmand %s:%d (pid %s)", self.server,
                  *self.gearman, self.pid)
+
+    def _close_previous_boots(self) -> None:
+        """Jobs still queued or running under an older boot of this server died with that
+        gearmand while no tap was watching: record them lost (through the usual events,
+        so each gets its timeline entry)."""
+        if self.pid == "0":
+            return  # gearmand's pid unknown: nothing can be concluded yet
+        from broker.tracker import Event
+
+        from .models import Job
+
+        stale = (Job.objects.filter(server__name=self.server,
+                                    state__in=["queued", "running", "scheduled"])
+                 .exclude(boot__token=self.pid).exclude(boot__token__startswith=f"{self.pid}.")
+                 .values_list("boot__token", "handle"))
+        now = time.time()
+        count = 0
+        for token, handle in stale.iterator():
+            self.writer.emit(Event("lost", token, handle, now,
+                                   detail="gearmand restarted while HQ was not watching"))
+            count += 1
+        if count:
+            log.warning("%d jobs of earlier gearmand runs were still open: recorded lost", count)
 
     def quiesce(self) -> None:
         """Stop polling gearmand (our own admin traffic would keep a draining capture

@@ -86,3 +86,29 @@ def test_two_clients_with_the_same_unique_share_one_job(tap: Tap) -> None:
     from jobs.selectors import job_events
 
     assert [e.kind for e in job_events(job)] == ["submitted", "attached"]
+
+
+def test_jobs_left_open_by_an_earlier_gearmand_are_lost_when_a_tap_starts(
+        gearmand, tmp_path, transactional_db) -> None:  # type: ignore[no-untyped-def]
+    """A job queued under a gearmand that is gone (another pid) cannot still be queued."""
+    from django.utils import timezone
+
+    from jobs.models import Job
+    from monitoring.models import Boot, Server
+    from tests.conftest import start_tap
+
+    server = Server.objects.create(name="restarted-unseen")
+    old = Boot.objects.create(server=server, token="1", first_seen=timezone.now())
+    stale = Job.objects.create(server=server, boot=old, handle="H:old:7", function="f",
+                               state="queued", submitted_at=timezone.now(),
+                               updated_at=timezone.now())
+    tap = start_tap("capture", gearmand, tmp_path, server="restarted-unseen")
+    try:
+        wait_for(lambda: Job.objects.get(pk=stale.pk).state == "lost", message="lost")
+    finally:
+        tap.stop()
+    from jobs.selectors import job_events
+
+    stale.refresh_from_db()
+    assert "not watching" in stale.error and stale.finished_at is not None
+    assert [e.kind for e in job_events(stale)] == ["lost"]
