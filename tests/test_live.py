@@ -284,7 +284,7 @@ def test_a_burst_of_5000_changes_is_a_handful_of_messages(token: str, server: st
 
     messages = async_to_sync(scenario)()
     # one flush every HQ_LIVE_INTERVAL_MS (500): at t = 0, 0.5, 1.0 and maybe 1.5 s
-    assert 1 <= len(messages) <= 4, [m["changed"] for m in messages]
+    assert 0 < len(messages) <= 4, [m["changed"] for m in messages]
     per_function: dict[str, int] = {}
     for m in messages:
         assert len(m["jobs"]) <= live.SAMPLES_MAX
