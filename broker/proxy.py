@@ -201,7 +201,6 @@ class ThreadShipper:
             try:
                 item = queue.popleft()
             except IndexError:
-                self._idle_sink()
                 if self._stopping:
                     return
                 self._idle = True
@@ -211,15 +210,6 @@ class ThreadShipper:
                 self._idle = False
                 continue
             self._deliver(item)
-
-    def _idle_sink(self) -> None:
-        """Nothing queued: a sink that batches (``PipeSink``) sends what it holds now."""
-        flush = getattr(self.guard.sink, "flush", None)
-        if flush is not None:
-            try:
-                flush()
-            except Exception:
-                self.guard.failed("flush")
 
     def _deliver(self, item: _Item) -> None:
         kind, conn, from_peer, data, ts, lost = item

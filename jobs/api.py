@@ -9,7 +9,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 
 from . import selectors
-from .models import Job, JobEvent
+from .models import Job
 from .serializers import JobEventSerializer, JobSerializer
 
 
@@ -66,9 +66,3 @@ class JobEvents(generics.ListAPIView):
     def get_queryset(self):  # type: ignore[no-untyped-def]
         job = selectors.get_job(self.kwargs["pk"])
         return selectors.job_events(job)
-
-    def get_serializer_context(self) -> dict:
-        return super().get_serializer_context()
-
-
-__all__ = ["JobDetail", "JobEvent", "JobEvents", "JobList"]

@@ -108,8 +108,8 @@ def _queue_row(server: str, function: str, queued: int | None, running: int | No
 
 
 ROLLUP_COUNTS_SQL = """
-SELECT server_id, function, sum(submitted), sum(completed), sum(failed)
-FROM monitoring_rollup WHERE minute >= %s {server} GROUP BY 1, 2
+SELECT r.server_id, r.function, sum(r.submitted), sum(r.completed), sum(r.failed)
+FROM monitoring_rollup r WHERE r.minute >= %s {server} GROUP BY 1, 2
 """
 ROLLUP_HIST_SQL = """
 SELECT r.server_id, r.function, e.i - 1, sum(e.n::int)
@@ -126,8 +126,7 @@ def _rollup_totals(since: datetime, server: str | None) -> dict[tuple[int, str],
     since = since.replace(second=0, microsecond=0)
     out: dict[tuple[int, str], dict] = {}
     with connection.cursor() as cur:
-        cur.execute(ROLLUP_COUNTS_SQL.format(server=clause.replace("r.", "")),
-                    [since, *args])
+        cur.execute(ROLLUP_COUNTS_SQL.format(server=clause), [since, *args])
         for sid, function, submitted, completed, failed in cur.fetchall():
             out[(sid, function)] = {"submitted": submitted, "completed": completed,
                                     "failed": failed, "runtime": histogram.empty(),
