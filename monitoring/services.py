@@ -1,6 +1,6 @@
 """Writes for monitoring: what a poll of gearmand's admin protocol found, and rollups.
 
-The tap process polls its gearmand every ``HQ_POLL_INTERVAL`` seconds (``jobs/taprun.py``)
+The tap process polls its gearmand every ``HQ_POLL_INTERVAL`` seconds (``hq/tap/runner.py``)
 and calls :func:`record_poll` / :func:`record_poll_failure`. A Celery beat task calls
 :func:`refresh_rollups` for the last few minutes, so late events are folded in too.
 """

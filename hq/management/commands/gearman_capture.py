@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from broker.capture import CaptureError, CaptureSource
-from jobs.taprun import TapRunner
+from hq.tap.runner import TapRunner
 
 log = logging.getLogger("hq.tap")
 DRAIN_MAX_S = 10.0

@@ -19,7 +19,7 @@ from broker.admin import AdminClient, AdminError
 from broker.tap import TapSink, make_tap
 from monitoring import live
 
-from .ingest import EventWriter, conninfo_from_settings
+from jobs.ingest import EventWriter, conninfo_from_settings
 
 log = logging.getLogger("hq.tap")
 STATS_TO_REDIS_S = 5.0
@@ -74,7 +74,7 @@ class TapRunner:
             return  # gearmand's pid unknown: nothing can be concluded yet
         from broker.tracker import Event
 
-        from .models import Job
+        from jobs.models import Job
 
         stale = (Job.objects.filter(server__name=self.server,
                                     state__in=["queued", "running", "scheduled"])

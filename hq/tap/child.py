@@ -19,7 +19,7 @@ def run(read_fd: int, write_fd: int, server: str, upstream: tuple[str, int]) -> 
 
     connections.close_all()  # never share the parent's database sockets
     from broker.pipe import replay
-    from jobs.taprun import TapRunner
+    from hq.tap.runner import TapRunner
 
     runner = TapRunner(server, upstream)
     runner.start()

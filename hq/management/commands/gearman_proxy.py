@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from broker.admin import parse_address
 from broker.pipe import PipeSink, make_pipe
 from broker.proxy import run_proxy
-from jobs import tapchild
-from jobs.taprun import TapRunner
+from hq.tap import child as tapchild
+from hq.tap.runner import TapRunner
 
 
 class Command(BaseCommand):
@@ -51,7 +51,7 @@ class Command(BaseCommand):
             runner.stop()
 
     def _with_child(self, listen, upstream, server):  # type: ignore[no-untyped-def]
-        """Forward here; parse, track and ingest in a child process (jobs/tapchild.py)."""
+        """Forward here; parse, track and ingest in a child process (hq/tap/child.py)."""
         read_fd, write_fd = make_pipe()
         ctx = multiprocessing.get_context("fork")  # before any loop or thread exists here
         child = ctx.Process(target=tapchild.run, args=(read_fd, write_fd, server, upstream),
