@@ -9,7 +9,8 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from broker.capture import CaptureError, CaptureSource
+from broker.capture import CaptureSource
+from broker.tcpdump import CaptureError
 from hq.tap.runner import TapRunner
 
 log = logging.getLogger("hq.tap")
