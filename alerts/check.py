@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.models import Server
 from monitoring import selectors as monitoring
-from monitoring.models import Server
 
 from .models import Metric, Rule
 

@@ -14,7 +14,7 @@ from typing import Any
 from django import forms
 from rest_framework import serializers
 
-from monitoring.models import Server
+from jobs.models import Server
 from monitoring.selectors import WINDOWED
 
 from .models import OPERATORS, Channel, Metric, Rule, Severity

@@ -13,7 +13,7 @@ from functools import lru_cache
 from django.conf import settings
 from django.db import models
 
-from monitoring.models import Server
+from jobs.models import Server
 
 
 class Metric(models.TextChoices):

@@ -7,7 +7,7 @@ from typing import Any
 import apprise
 from rest_framework import serializers
 
-from monitoring.models import Server
+from jobs.models import Server
 
 from .models import OPERATORS, Alert, Channel, Metric, Rule, Severity
 

@@ -18,9 +18,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from hq.errors import Conflict, NotFound
+from jobs.models import Server
 from monitoring import live
 from monitoring import selectors as monitoring
-from monitoring.models import Server
 from monitoring.services import refresh_rollups
 
 from .models import Alert, Channel, Notification, Rule, RuleState

@@ -70,7 +70,7 @@ def empty_tables() -> None:
 
     with connection.cursor() as cur:
         cur.execute("TRUNCATE alerts_notification, alerts_alert, alerts_rulestate, "
-                    "alerts_rule_channels, alerts_rule, alerts_channel, monitoring_server "
+                    "alerts_rule_channels, alerts_rule, alerts_channel, jobs_server "
                     "CASCADE")
 
 
@@ -101,9 +101,9 @@ def seed(names: list[str], rng: random.Random, polls: int) -> dict[str, float]:
     from django.utils import timezone
 
     from alerts.models import Channel
-    from jobs.models import Job
+    from jobs.models import Boot, Job, Server
     from monitoring import histogram
-    from monitoring.models import Boot, Rollup, Server
+    from monitoring.models import Rollup
 
     empty_tables()
     now = timezone.now()

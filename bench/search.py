@@ -75,7 +75,7 @@ def seed(total: int) -> tuple[int, float]:
     from django.db import connection
     from django.utils import timezone
 
-    from monitoring.models import Boot, Server
+    from jobs.models import Boot, Server
 
     server, _ = Server.objects.get_or_create(name="bench10m")
     boot, _ = Boot.objects.get_or_create(server=server, token="1",

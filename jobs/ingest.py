@@ -7,7 +7,11 @@ takes the queued events in batches and, in one transaction per batch:
    written before (a spooled batch replayed after a crash) and is skipped whole,
 2. COPYs the events straight into the partitioned ``jobs_jobevent`` table,
 3. folds them into one delta per job (``jobs/fold.py``), COPYs the deltas into a staging
-   table and merges them into ``jobs_job`` with one statement (``UPSERT_SQL``).
+   table and merges them into ``jobs_job`` with one statement
+   (``jobs/sql/upsert_jobs.sql``).
+
+The statements and COPYs are in ``jobs/store.py``, built from the models and the ``Delta``
+dataclass; this module is the queue, the writer thread, the spool and the batches.
 
 Idempotency is per batch rather than per event because a batch is the unit that commits,
 spools and replays: that keeps the hot path a plain COPY (no per-row conflict check).
@@ -35,113 +39,11 @@ import psycopg
 
 from broker.tracker import Event
 
-from .fold import Delta, EventRow, fold, split_bytes
+from . import store
+from .fold import EventRow, fold, split_bytes
 from .spool import Spool
 
 log = logging.getLogger(__name__)
-
-EVENT_COLUMNS = (
-    "id", "at", "server_id", "boot_id", "handle", "kind", "conn", "worker", "numerator",
-    "denominator", "data_text", "data_bin", "size", "detail",
-)
-#: Postgres types of EVENT_COLUMNS, for binary COPY (no text formatting in Python)
-EVENT_TYPES = ("uuid", "timestamptz", "int8", "int8", "varchar", "varchar", "varchar",
-               "varchar", "int8", "int8", "text", "bytea", "int4", "text")
-DELTA_COLUMNS = (
-    "boot_id", "handle", "function", "unique", "priority", "background", "state",
-    "state_initial", "submitted_at", "scheduled_for", "first_started_at", "started_at",
-    "finished_at", "attempts", "worker", "progress_numerator", "progress_denominator",
-    "payload_text", "payload_bin", "payload_size", "result_text", "result_bin", "result_size",
-    "error", "clients",
-)
-
-DELTA_TYPES = (
-    "int8", "varchar", "varchar", "varchar", "varchar", "bool", "varchar", "bool",
-    "timestamptz", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "int4",
-    "varchar", "int8", "int8", "text", "bytea", "int4", "text", "bytea", "int4", "text",
-    "int4",
-)
-assert len(DELTA_TYPES) == len(DELTA_COLUMNS) and len(EVENT_TYPES) == len(EVENT_COLUMNS)
-
-STAGE_SQL = """
-CREATE TEMP TABLE IF NOT EXISTS stage_jobs (
-    boot_id bigint, handle varchar(255), function varchar(255), "unique" varchar(255),
-    priority varchar(6), background boolean, state varchar(10), state_initial boolean,
-    submitted_at timestamptz, scheduled_for timestamptz, first_started_at timestamptz,
-    started_at timestamptz, finished_at timestamptz, attempts integer, worker varchar(255),
-    progress_numerator bigint, progress_denominator bigint, payload_text text,
-    payload_bin bytea, payload_size integer, result_text text, result_bin bytea,
-    result_size integer, error text, clients integer
-) ON COMMIT DELETE ROWS;
-"""
-# How a batch's deltas reach jobs_job, in one statement: the CTE inserts the jobs seen for
-# the first time; the UPDATE, which runs on the statement's snapshot and so cannot see those
-# new rows, merges the deltas of jobs already stored. j = stored row, s = staged delta.
-def _ms(a: str, b: str) -> str:
-    return f"(extract(epoch FROM {a} - {b}) * 1000)::int"
-
-
-UPSERT_SQL = f"""
-WITH inserted AS (
-    INSERT INTO jobs_job (
-        server_id, boot_id, handle, function, "unique", priority, background, state,
-        submitted_at, scheduled_for, started_at, finished_at, wait_ms, runtime_ms, attempts,
-        worker, progress_numerator, progress_denominator, payload_text, payload_bin,
-        payload_size, result_text, result_bin, result_size, error, clients, updated_at)
-    SELECT %(server)s, s.boot_id, s.handle, coalesce(s.function, ''),
-        coalesce(s."unique", ''), coalesce(s.priority, ''), s.background,
-        coalesce(s.state, 'running'), s.submitted_at, s.scheduled_for, s.started_at,
-        s.finished_at, {_ms("s.first_started_at", "s.submitted_at")},
-        {_ms("s.finished_at", "s.started_at")}, s.attempts, coalesce(s.worker, ''),
-        s.progress_numerator, s.progress_denominator, s.payload_text, s.payload_bin,
-        coalesce(s.payload_size, 0), s.result_text, s.result_bin, coalesce(s.result_size, 0),
-        coalesce(s.error, ''), s.clients, now()
-    FROM stage_jobs s
-    ON CONFLICT (boot_id, handle) DO NOTHING
-    RETURNING id, handle, function, state
-), updated AS (
-UPDATE jobs_job j SET
-    function = CASE WHEN s.function <> '' THEN s.function ELSE j.function END,
-    "unique" = CASE WHEN s."unique" <> '' THEN s."unique" ELSE j."unique" END,
-    priority = CASE WHEN s.priority <> '' THEN s.priority ELSE j.priority END,
-    background = coalesce(s.background, j.background),
-    state = CASE WHEN s.state IS NULL OR s.state_initial THEN j.state ELSE s.state END,
-    submitted_at = coalesce(j.submitted_at, s.submitted_at),
-    scheduled_for = coalesce(s.scheduled_for, j.scheduled_for),
-    started_at = coalesce(s.started_at, j.started_at),
-    finished_at = CASE WHEN s.started_at IS NOT NULL
-                            OR (s.state = 'queued' AND NOT s.state_initial) THEN s.finished_at
-                       ELSE coalesce(s.finished_at, j.finished_at) END,
-    wait_ms = coalesce(j.wait_ms, {_ms("coalesce(s.first_started_at, j.started_at)",
-                                        "coalesce(j.submitted_at, s.submitted_at)")}),
-    runtime_ms = CASE
-        WHEN s.finished_at IS NOT NULL
-            THEN {_ms("s.finished_at", "coalesce(s.started_at, j.started_at)")}
-        WHEN s.started_at IS NOT NULL OR (s.state = 'queued' AND NOT s.state_initial)
-            THEN NULL
-        ELSE j.runtime_ms END,
-    attempts = j.attempts + s.attempts,
-    worker = CASE WHEN s.worker <> '' THEN s.worker ELSE j.worker END,
-    progress_numerator = coalesce(s.progress_numerator, j.progress_numerator),
-    progress_denominator = coalesce(s.progress_denominator, j.progress_denominator),
-    payload_text = CASE WHEN j.payload_text IS NULL AND j.payload_bin IS NULL
-                        THEN s.payload_text ELSE j.payload_text END,
-    payload_bin = CASE WHEN j.payload_text IS NULL AND j.payload_bin IS NULL
-                       THEN s.payload_bin ELSE j.payload_bin END,
-    payload_size = CASE WHEN j.payload_text IS NULL AND j.payload_bin IS NULL
-                        THEN coalesce(s.payload_size, j.payload_size) ELSE j.payload_size END,
-    result_text = CASE WHEN s.result_size IS NOT NULL THEN s.result_text ELSE j.result_text END,
-    result_bin = CASE WHEN s.result_size IS NOT NULL THEN s.result_bin ELSE j.result_bin END,
-    result_size = coalesce(s.result_size, j.result_size),
-    error = CASE WHEN s.error <> '' THEN s.error ELSE j.error END,
-    clients = j.clients + s.clients,
-    updated_at = now()
-FROM stage_jobs s
-WHERE j.boot_id = s.boot_id AND j.handle = s.handle
-RETURNING j.id, j.handle, j.function, j.state
-)
-SELECT * FROM inserted UNION ALL SELECT * FROM updated
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +64,7 @@ class EventWriter:
     def __init__(
         self, server: str, conninfo: str, *, spool_dir: Path, batch: int = 5000,
         flush_ms: int = 200, address: str = "",
-        on_commit: Callable[[list[tuple[int, str, str, str]]], None] | None = None,
+        on_commit: Callable[[list[store.Changed]], None] | None = None,
     ) -> None:
         self.server_name = server
         self.address = address
@@ -299,7 +201,7 @@ class EventWriter:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             conn = psycopg.connect(self.conninfo, autocommit=False)
-            conn.execute(STAGE_SQL)
+            store.create_stage(conn)
             conn.commit()
             self._conn = conn
             self._server_id = None
@@ -314,14 +216,14 @@ class EventWriter:
         started = time.monotonic()
         with conn.transaction():
             server_id = self._server(conn)
-            if not self._claim(conn, server_id, batch):
+            if not store.claim(conn, batch.id, server_id, len(rows)):
                 self.counters["duplicates"] += len(rows)
                 return
             boots = {token: self._boot(conn, server_id, token, rows)
                      for token in {r.boot for r in rows}}
             self._ensure_partitions(conn, rows)
-            self._insert_events(conn, server_id, boots, rows)
-            changed = self._upsert_jobs(conn, server_id, boots, fold(rows))
+            store.copy_events(conn, server_id, boots, rows)
+            changed = store.upsert_jobs(conn, server_id, boots, fold(rows))
         if self.on_commit is not None:
             try:
                 self.on_commit(changed)
@@ -335,15 +237,7 @@ class EventWriter:
 
     def _server(self, conn: psycopg.Connection[Any]) -> int:
         if self._server_id is None:
-            row = conn.execute(
-                "INSERT INTO monitoring_server (name, address, created_at, last_seen) "
-                "VALUES (%s, %s, now(), now()) ON CONFLICT (name) DO UPDATE "
-                "SET last_seen = now(), address = CASE WHEN excluded.address <> '' "
-                "THEN excluded.address ELSE monitoring_server.address END RETURNING id",
-                (self.server_name, self.address),
-            ).fetchone()
-            assert row is not None
-            self._server_id = row[0]
+            self._server_id = store.server_id(conn, self.server_name, self.address)
         return self._server_id
 
     def _boot(self, conn: psycopg.Connection[Any], server_id: int, token: str,
@@ -351,57 +245,14 @@ class EventWriter:
         boot_id = self._boots.get(token)
         if boot_id is None:
             first = min(r.at for r in rows if r.boot == token)
-            conn.execute(
-                "INSERT INTO monitoring_boot (server_id, token, first_seen) VALUES (%s, %s, %s) "
-                "ON CONFLICT (server_id, token) DO NOTHING", (server_id, token, first))
-            row = conn.execute("SELECT id FROM monitoring_boot WHERE server_id = %s "
-                               "AND token = %s", (server_id, token)).fetchone()
-            assert row is not None
-            boot_id = self._boots[token] = row[0]
+            boot_id = self._boots[token] = store.boot_id(conn, server_id, token, first)
         return boot_id
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any], rows: list[EventRow]) -> None:
         days = {r.at.date() for r in rows} - self._partitions
         for day in days:
-            conn.execute("SELECT hq_ensure_event_partition(%s)", (day,))
+            store.ensure_partition(conn, day)
             self._partitions.add(day)
-
-    @staticmethod
-    def _claim(conn: psycopg.Connection[Any], server_id: int, batch: Batch) -> bool:
-        """True the first time a batch is written; False when it was written before."""
-        cur = conn.execute(
-            "INSERT INTO jobs_ingestbatch (id, server_id, events, written_at) "
-            "VALUES (%s, %s, %s, now()) ON CONFLICT (id) DO NOTHING",
-            (batch.id, server_id, len(batch.rows)))
-        return cur.rowcount == 1
-
-    def _insert_events(self, conn: psycopg.Connection[Any], server_id: int,
-                       boots: dict[str, int], rows: list[EventRow]) -> None:
-        cols = ", ".join(EVENT_COLUMNS)
-        with conn.cursor() as cur, cur.copy(
-                f"COPY jobs_jobevent ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(EVENT_TYPES)
-            for r in rows:
-                copy.write_row((
-                    r.id, r.at, server_id, boots[r.boot], r.handle, r.kind, r.conn,
-                    r.worker, r.numerator, r.denominator, r.data_text, r.data_bin,
-                    r.size, r.detail,
-                ))
-
-    def _upsert_jobs(self, conn: psycopg.Connection[Any], server_id: int,
-                     boots: dict[str, int], deltas: list[Delta]
-                     ) -> list[tuple[int, str, str, str]]:
-        if not deltas:
-            return []
-        cols = ", ".join(f'"{c}"' for c in DELTA_COLUMNS)
-        rest = DELTA_COLUMNS[1:]
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY stage_jobs ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(DELTA_TYPES)
-                for d in deltas:
-                    copy.write_row((boots[d.boot], *(getattr(d, c) for c in rest)))
-            cur.execute(UPSERT_SQL, {"server": server_id})
-            return cur.fetchall()
 
 
 def conninfo_from_settings() -> str:

@@ -21,7 +21,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from hq.errors import InvalidInput, NotFound
 from hq.models import Role
 from hq.roles import has_role
-from monitoring.models import Server
+from jobs.models import Server
 
 from .models import Job, State
 from .selectors import exact_job, get_job, job_events, search_jobs

@@ -111,7 +111,7 @@ class HQCollector:
 
 QUEUE_SQL = """
 SELECT DISTINCT ON (q.server_id, q.function) s.name, q.function, q.total, q.running, q.workers
-FROM monitoring_queuesnapshot q JOIN monitoring_server s ON s.id = q.server_id
+FROM monitoring_queuesnapshot q JOIN jobs_server s ON s.id = q.server_id
 WHERE q.at >= %s
 ORDER BY q.server_id, q.function, q.at DESC
 """
@@ -142,7 +142,7 @@ def server_metrics() -> Iterator[Metric]:
                                labels=["server"])
     with connection.cursor() as cur:
         cur.execute("SELECT s.name, st.up, st.polled_at FROM monitoring_serverstate st "
-                    "JOIN monitoring_server s ON s.id = st.server_id ORDER BY s.name")
+                    "JOIN jobs_server s ON s.id = st.server_id ORDER BY s.name")
         for name, is_up, polled_at in cur.fetchall():
             up.add_metric([name], 1 if is_up else 0)
             if polled_at is not None:
@@ -172,12 +172,12 @@ Series = dict[tuple[str, str], Totals]
 
 COUNTS_SQL = """
 SELECT s.name, r.function, sum(r.submitted), sum(r.completed), sum(r.failed)
-FROM monitoring_rollup r JOIN monitoring_server s ON s.id = r.server_id
+FROM monitoring_rollup r JOIN jobs_server s ON s.id = r.server_id
 WHERE {where} GROUP BY s.name, r.function
 """
 HIST_SQL = """
 SELECT s.name, r.function, e.i - 1, sum(e.n::numeric)
-FROM monitoring_rollup r JOIN monitoring_server s ON s.id = r.server_id
+FROM monitoring_rollup r JOIN jobs_server s ON s.id = r.server_id
 CROSS JOIN LATERAL jsonb_array_elements_text(
     CASE WHEN jsonb_typeof(r.runtime_hist) = 'array' THEN r.runtime_hist ELSE '[]' END
 ) WITH ORDINALITY AS e(n, i)

@@ -49,7 +49,7 @@ def servers() -> list[dict[str, Any]]:
 LATEST_SQL = """
 SELECT DISTINCT ON (q.server_id, q.function) q.server_id, s.name, q.function, q.total,
        q.running, q.workers, q.at
-FROM monitoring_queuesnapshot q JOIN monitoring_server s ON s.id = q.server_id
+FROM monitoring_queuesnapshot q JOIN jobs_server s ON s.id = q.server_id
 WHERE q.at >= %s {server}
 ORDER BY q.server_id, q.function, q.at DESC
 """
@@ -71,7 +71,7 @@ def _server_clause(server: str | None, alias: str = "") -> tuple[str, list[Any]]
     if not server:
         return "", []
     col = f"{alias}server_id" if alias else "server_id"
-    return f"AND {col} = (SELECT id FROM monitoring_server WHERE name = %s)", [server]
+    return f"AND {col} = (SELECT id FROM jobs_server WHERE name = %s)", [server]
 
 
 def queues(server: str | None = None) -> list[dict[str, Any]]:

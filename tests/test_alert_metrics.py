@@ -25,8 +25,9 @@ from django.utils import timezone
 
 from alerts import delivery, services
 from alerts.models import Alert, Channel, Notification, Rule, RuleState, Transition
+from jobs.models import Server
 from monitoring import selectors
-from monitoring.models import QueueSnapshot, Server
+from monitoring.models import QueueSnapshot
 from tests.conftest import Gearmand, Tap, start_tap, wait_for, wait_jobs
 from tests.receiver import Receiver
 

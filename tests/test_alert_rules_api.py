@@ -18,7 +18,8 @@ from alerts import delivery, services
 from alerts.models import Alert, Channel, Notification, Rule
 from hq.models import Role
 from hq.services import ensure_user, issue_token
-from monitoring.models import QueueSnapshot, Server
+from jobs.models import Server
+from monitoring.models import QueueSnapshot
 from tests.conftest import free_port
 from tests.receiver import Receiver
 

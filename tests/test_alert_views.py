@@ -20,7 +20,8 @@ from alerts.models import Alert, Channel, Notification, Rule, RuleState
 from alerts.views import FiringAlerts, clean_error, metric_text
 from hq.models import Role
 from hq.services import ensure_user
-from monitoring.models import QueueSnapshot, Server, ServerState
+from jobs.models import Server
+from monitoring.models import QueueSnapshot, ServerState
 from tests.conftest import free_port
 from tests.conftest import make_user as _make_user
 from tests.receiver import Receiver

@@ -15,8 +15,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from jobs.models import Server
 from monitoring import histogram
-from monitoring.models import QueueSnapshot, Rollup, Server
+from monitoring.models import QueueSnapshot, Rollup
 from tests.conftest import ROOT, _test_database_url
 
 pytestmark = pytest.mark.usefixtures("transactional_db")

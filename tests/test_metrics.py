@@ -13,8 +13,9 @@ from django.test import RequestFactory
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobs.models import Server
 from monitoring import histogram, live, metrics
-from monitoring.models import QueueSnapshot, Rollup, Server, ServerState
+from monitoring.models import QueueSnapshot, Rollup, ServerState
 
 pytestmark = pytest.mark.django_db
 

@@ -107,7 +107,7 @@ def test_server_up_then_down(tap: Tap, api: APIClient) -> None:
 @pytest.mark.django_db
 def test_rollup_percentiles_match_a_direct_computation() -> None:
     """Percentiles merged from minute rows are within one bucket of the exact ones."""
-    from monitoring.models import Boot, Server
+    from jobs.models import Boot, Server
 
     server = Server.objects.create(name="roll")
     boot = Boot.objects.create(server=server, token="1", first_seen=timezone.now())

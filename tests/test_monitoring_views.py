@@ -14,9 +14,9 @@ import pytest
 from django.utils import timezone
 
 from hq.models import Role
-from jobs.models import Job
+from jobs.models import Boot, Job, Server
 from monitoring import histogram
-from monitoring.models import Boot, QueueSnapshot, Rollup, Server, ServerState, Worker
+from monitoring.models import QueueSnapshot, Rollup, ServerState, Worker
 from monitoring.views import sparkline
 from tests.conftest import make_user as _make_user
 

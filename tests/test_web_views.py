@@ -9,9 +9,8 @@ import pytest
 from django.utils import timezone
 
 from hq.models import Role
-from jobs.models import Job, JobEvent
+from jobs.models import Boot, Job, JobEvent, Server
 from jobs.templatetags import hq_format
-from monitoring.models import Boot, Server
 from tests.conftest import make_user as _make_user
 
 PASSWORD = "correct-horse-battery"

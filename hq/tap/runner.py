@@ -17,9 +17,8 @@ from django.conf import settings
 
 from broker.admin import AdminClient, AdminError
 from broker.tap import TapSink, make_tap
-from monitoring import live
-
 from jobs.ingest import EventWriter, conninfo_from_settings
+from monitoring import live
 
 log = logging.getLogger("hq.tap")
 STATS_TO_REDIS_S = 5.0
@@ -73,7 +72,6 @@ class TapRunner:
         if self.pid == "0":
             return  # gearmand's pid unknown: nothing can be concluded yet
         from broker.tracker import Event
-
         from jobs.models import Job
 
         stale = (Job.objects.filter(server__name=self.server,

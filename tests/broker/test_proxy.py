@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from broker.proxy import HIGH_WATER, Proxy, ShipMode
+from broker.proxy import HIGH_WATER, Proxy
+from broker.shippers import ShipMode
 from broker.stream import ConnKey, StreamSink
 
 pytestmark = pytest.mark.gearmand  # `make deps` installs it: missing is a failure
@@ -499,7 +500,7 @@ def test_half_close_is_passed_on() -> None:
 
 
 def _run_two_workers(listen_port: int, upstream_port: int) -> None:
-    from broker.proxy import run_proxy
+    from broker.launcher import run_proxy
 
     run_proxy((HOST, listen_port), (HOST, upstream_port), RecordingSink, workers=2)
 

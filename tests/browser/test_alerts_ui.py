@@ -17,7 +17,8 @@ from alerts import services
 from alerts.models import Alert, Channel, Rule
 from hq.models import Role
 from hq.services import ensure_user
-from monitoring.models import QueueSnapshot, Server, ServerState
+from jobs.models import Server
+from monitoring.models import QueueSnapshot, ServerState
 from tests.browser.test_monitoring_ui import FakeLive
 from tests.receiver import Receiver
 from tests.test_alert_views import build_alert_world

@@ -11,8 +11,7 @@ from django.utils import timezone
 
 from hq.models import Role
 from hq.services import ensure_user
-from jobs.models import Job, JobEvent
-from monitoring.models import Boot, Server
+from jobs.models import Boot, Job, JobEvent, Server
 
 pytestmark = [pytest.mark.browser]
 

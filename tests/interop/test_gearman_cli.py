@@ -93,8 +93,7 @@ def test_jobs_left_open_by_an_earlier_gearmand_are_lost_when_a_tap_starts(
     """A job queued under a gearmand that is gone (another pid) cannot still be queued."""
     from django.utils import timezone
 
-    from jobs.models import Job
-    from monitoring.models import Boot, Server
+    from jobs.models import Boot, Job, Server
     from tests.conftest import start_tap
 
     server = Server.objects.create(name="restarted-unseen")
