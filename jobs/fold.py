@@ -1,7 +1,7 @@
 """Fold a batch of lifecycle events into one change ("delta") per job.
 
-Pure Python, no database: ``jobs/ingest.py`` writes the deltas with one upsert whose SQL
-merges them into the rows already stored (see ``UPSERT_SQL`` there). Keeping the rules
+Pure Python, no database: ``jobs/store.py`` writes the deltas with one upsert whose SQL
+merges them into the rows already stored (``jobs/sql/upsert_jobs.sql``). Keeping the rules
 here, in one place, lets tests check them on event lists alone.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+
+from .columns import Bigint, Boolean, Bytea, Integer, Text, Timestamptz, Varchar
 
 #: the events that set a job's state, and the state they set
 STATE_OF = {
@@ -25,33 +27,38 @@ FINISHING = frozenset({"completed", "failed", "exception", "cancelled", "lost"})
 
 @dataclass(slots=True)
 class Delta:
-    """What one batch says about one job. ``None`` means "the batch says nothing"."""
+    """What one batch says about one job. ``None`` means "the batch says nothing".
+
+    Its fields, with the Postgres types their annotations carry, are the columns of the
+    staging table the writer COPYs deltas into (``jobs/store.py``); ``boot``, a boot token,
+    is staged as the id of its Boot row.
+    """
 
     boot: str
-    handle: str
-    function: str | None = None
-    unique: str | None = None
-    priority: str | None = None
-    background: bool | None = None
-    state: str | None = None
-    state_initial: bool = False  # only a submit set the state: never overrides a stored one
-    submitted_at: datetime | None = None
-    scheduled_for: datetime | None = None
-    first_started_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    attempts: int = 0
-    worker: str | None = None
-    progress_numerator: int | None = None
-    progress_denominator: int | None = None
-    payload_text: str | None = None
-    payload_bin: bytes | None = None
-    payload_size: int | None = None
-    result_text: str | None = None
-    result_bin: bytes | None = None
-    result_size: int | None = None
-    error: str | None = None
-    clients: int = 0
+    handle: Varchar
+    function: Varchar | None = None
+    unique: Varchar | None = None
+    priority: Varchar | None = None
+    background: Boolean | None = None
+    state: Varchar | None = None
+    state_initial: Boolean = False  # only a submit set the state: never overrides a stored one
+    submitted_at: Timestamptz | None = None
+    scheduled_for: Timestamptz | None = None
+    first_started_at: Timestamptz | None = None
+    started_at: Timestamptz | None = None
+    finished_at: Timestamptz | None = None
+    attempts: Integer = 0
+    worker: Varchar | None = None
+    progress_numerator: Bigint | None = None
+    progress_denominator: Bigint | None = None
+    payload_text: Text | None = None
+    payload_bin: Bytea | None = None
+    payload_size: Integer | None = None
+    result_text: Text | None = None
+    result_bin: Bytea | None = None
+    result_size: Integer | None = None
+    error: Text | None = None
+    clients: Integer = 0
 
 
 @dataclass(frozen=True, slots=True)
