@@ -5,8 +5,9 @@ run in a child, so they do not share the forwarding loop's interpreter. :class:`
 is the proxy side: a :class:`~broker.stream.StreamSink`, called from the event loop, that
 batches callbacks and writes each batch as one length-prefixed pickle to a non-blocking
 pipe. It never blocks: what the pipe cannot take waits in a bounded backlog, and past that
-the copies are dropped and the loss reported to the child as ``on_gap`` — forwarding never
-waits for the child. :func:`replay` is the child side: it feeds each batch to a real sink.
+the copies are dropped and the loss reported to the child as ``on_gap``
+(:mod:`broker.loss`) — forwarding never waits for the child. :func:`replay` is the child
+side: it feeds each batch to a real sink.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pickle
 import struct
 from typing import Any
 
+from .loss import Losses
 from .stream import ConnKey, StreamSink
 
 OPEN, DATA, GAP, CLOSE, OPEN_MID = 0, 1, 2, 3, 4
@@ -54,36 +56,30 @@ class PipeSink:
         self._fd = write_fd
         self._batch: list[tuple[Any, ...]] = []
         self._backlog = bytearray()
-        self._lost: dict[tuple[Wire, bool], int] = {}
-        self.counters = {"batches": 0, "dropped_chunks": 0, "dropped_bytes": 0}
+        self.losses = Losses()
+        self.batches = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {"batches": self.batches, **self.losses.stats()}
 
     def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
         self._add((OPEN_MID if mid_stream else OPEN, _wire(conn), ts))
 
     def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
-        wire = _wire(conn)
         if len(self._backlog) > BACKLOG_MAX:
-            self._lost[(wire, from_peer)] = self._lost.get((wire, from_peer), 0) + len(data)
-            self.counters["dropped_chunks"] += 1
-            self.counters["dropped_bytes"] += len(data)
+            self.losses.drop(conn, from_peer, len(data))
             return
-        if self._lost:
-            self._report_loss(wire, from_peer, ts)
-        self._add((DATA, wire, ts, from_peer, data))
+        if self.losses.owed:
+            self.losses.settle(conn, from_peer, ts, self.on_gap)
+        self._add((DATA, _wire(conn), ts, from_peer, data))
 
     def on_gap(self, conn: ConnKey, from_peer: bool, ts: float, lost: int) -> None:
         self._add((GAP, _wire(conn), ts, from_peer, lost))
 
     def on_close(self, conn: ConnKey, ts: float) -> None:
-        wire = _wire(conn)
-        for from_peer in (True, False):
-            self._report_loss(wire, from_peer, ts)
-        self._add((CLOSE, wire, ts))
-
-    def _report_loss(self, wire: Wire, from_peer: bool, ts: float) -> None:
-        lost = self._lost.pop((wire, from_peer), 0)
-        if lost:
-            self._add((GAP, wire, ts, from_peer, lost))
+        self.losses.settle_both(conn, ts, self.on_gap)
+        self._add((CLOSE, _wire(conn), ts))
 
     def _add(self, item: tuple[Any, ...]) -> None:
         self._batch.append(item)
@@ -97,7 +93,7 @@ class PipeSink:
             self._backlog += FRAME.pack(len(body))
             self._backlog += body
             self._batch = []
-            self.counters["batches"] += 1
+            self.batches += 1
         if self._backlog:
             try:
                 written = os.write(self._fd, self._backlog)
