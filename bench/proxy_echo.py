@@ -36,7 +36,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.proxy import Proxy, ShipMode, install_uvloop
+from broker.launcher import install_uvloop
+from broker.proxy import Proxy
+from broker.shippers import ShipMode
 from broker.stream import ConnKey
 
 HOST = "127.0.0.1"

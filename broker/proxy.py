@@ -7,9 +7,10 @@ packets and admin text lines alike are opaque bytes here.
 
 Ordering of duties, per chunk: **forward first, then record**. ``data_received`` writes the
 chunk to the other transport and only then hands the very same ``bytes`` object to the
-sink. A sink that raises, is slow (``ship="thread"``) or falls behind never delays or
-breaks forwarding; in thread mode a full queue drops the copy (reported to the sink as a
-gap so its parser resynchronises), never the traffic.
+sink, through a shipper (:mod:`broker.shippers`). A sink that raises, is slow
+(``ship="thread"``) or falls behind never delays or breaks forwarding; in thread mode a
+full queue drops the copy (reported to the sink as a gap so its parser resynchronises),
+never the traffic. :mod:`broker.launcher` runs proxies in one process or several.
 
 Flow control is end to end: if one side's write buffer passes a high-water mark, the proxy
 stops reading from the opposite side until it drains, so a slow reader never makes the
@@ -22,34 +23,26 @@ switch per chunk; the Protocol callback path is the cheapest asyncio offers.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import multiprocessing
-import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, cast
 
+from broker.shippers import QUEUE_MAX, ShipMode, Shipper, make_shipper
 from broker.stream import ConnKey, StreamSink
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-ShipMode = Literal["inline", "thread"]
 
+#: A sink that batches gets its partial batch flushed this often (inline shipping).
+FLUSH_EVERY_S = 0.005
 #: Write-buffer high-water mark per transport. 256 KiB keeps pipelined bursts flowing
 #: without a pause, while bounding memory at ~0.5 MiB per proxied connection.
-FLUSH_EVERY_S = 0.005
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-#: Log the first sink error and then one in this many, so a broken sink cannot flood logs.
-SINK_ERROR_LOG_EVERY = 1000
-#: Thread mode: chunks waiting for the sink thread before new copies are dropped.
-QUEUE_MAX = 100_000
 CONNECT_TIMEOUT = 5.0
 
 
@@ -70,175 +63,6 @@ def _set_nodelay(transport: asyncio.BaseTransport) -> None:
         return
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-# --------------------------------------------------------------------------------------
-# Shipping copies to the sink
-
-
-class _SinkGuard:
-    """Calls the sink and swallows its exceptions, counting them (forwarding must go on)."""
-
-    def __init__(self, sink: StreamSink) -> None:
-        self.sink = sink
-        self.errors = 0
-
-    def failed(self, what: str) -> None:
-        self.errors += 1
-        if self.errors == 1 or self.errors % SINK_ERROR_LOG_EVERY == 0:
-            log.exception("proxy sink %s failed (%d errors so far)", what, self.errors)
-
-    def open(self, conn: ConnKey, ts: float) -> None:
-        try:
-            self.sink.on_open(conn, ts)
-        except Exception:
-            self.failed("on_open")
-
-    def data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
-        try:
-            self.sink.on_data(conn, from_peer, data, ts)
-        except Exception:
-            self.failed("on_data")
-
-    def gap(self, conn: ConnKey, from_peer: bool, ts: float, lost: int) -> None:
-        try:
-            self.sink.on_gap(conn, from_peer, ts, lost)
-        except Exception:
-            self.failed("on_gap")
-
-    def close(self, conn: ConnKey, ts: float) -> None:
-        try:
-            self.sink.on_close(conn, ts)
-        except Exception:
-            self.failed("on_close")
-
-
-class InlineShipper:
-    """Calls the sink directly from the event loop, right after the write was issued.
-
-    The sink is expected to be cheap (append to a list); this costs one Python call per
-    chunk and no cross-thread hand-off.
-    """
-
-    def __init__(self, sink: StreamSink) -> None:
-        self.guard = _SinkGuard(sink)
-        self.open = self.guard.open
-        self.data = self.guard.data
-        self.close = self.guard.close
-
-    def stats(self) -> dict[str, int]:
-        return {"sink_errors": self.guard.errors, "queued": 0, "queue_depth": 0,
-                "dropped_chunks": 0, "dropped_bytes": 0}
-
-    def stop(self) -> None:
-        """Nothing is queued inline."""
-
-
-_OPEN, _DATA, _GAP, _CLOSE = 0, 1, 2, 3
-_Item = tuple[int, ConnKey, bool, bytes, float, int]
-
-
-class ThreadShipper:
-    """Queues copies in a bounded deque drained by a daemon thread that calls the sink.
-
-    The loop only appends a tuple. When the deque is full, the chunk's copy is dropped and
-    the loss is remembered per (connection, direction); the next item that fits for that
-    direction is preceded by an ``on_gap`` with the bytes lost, so the sink sees gaps in
-    stream order. Open/close are never dropped (one each per connection).
-    """
-
-    def __init__(self, sink: StreamSink, queue_max: int = QUEUE_MAX) -> None:
-        self.guard = _SinkGuard(sink)
-        self.queue_max = queue_max
-        self.queue: collections.deque[_Item] = collections.deque()
-        self.lost: dict[tuple[ConnKey, bool], int] = {}
-        self.queued = 0
-        self.dropped_chunks = 0
-        self.dropped_bytes = 0
-        self._idle = False
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="proxy-sink", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: _Item) -> None:
-        self.queue.append(item)
-        self.queued += 1
-        if self._idle:
-            self._wake.set()
-
-    def open(self, conn: ConnKey, ts: float) -> None:
-        self._put((_OPEN, conn, False, b"", ts, 0))
-
-    def data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
-        if len(self.queue) >= self.queue_max:
-            self._drop(conn, from_peer, len(data))
-            return
-        if self.lost:
-            self._flush_gap(conn, from_peer, ts)
-        self._put((_DATA, conn, from_peer, data, ts, 0))
-
-    def close(self, conn: ConnKey, ts: float) -> None:
-        for from_peer in (True, False):
-            self._flush_gap(conn, from_peer, ts)
-        self._put((_CLOSE, conn, False, b"", ts, 0))
-
-    def _drop(self, conn: ConnKey, from_peer: bool, size: int) -> None:
-        key = (conn, from_peer)
-        self.lost[key] = self.lost.get(key, 0) + size
-        self.dropped_chunks += 1
-        self.dropped_bytes += size
-
-    def _flush_gap(self, conn: ConnKey, from_peer: bool, ts: float) -> None:
-        lost = self.lost.pop((conn, from_peer), 0)
-        if lost:
-            self._put((_GAP, conn, from_peer, b"", ts, lost))
-
-    def _run(self) -> None:
-        """Drain the deque; sleep on an Event only when it is empty (no per-item wakeup)."""
-        queue = self.queue
-        while True:
-            try:
-                item = queue.popleft()
-            except IndexError:
-                if self._stopping:
-                    return
-                self._idle = True
-                self._wake.clear()
-                if not queue and not self._stopping:
-                    self._wake.wait(0.5)
-                self._idle = False
-                continue
-            self._deliver(item)
-
-    def _deliver(self, item: _Item) -> None:
-        kind, conn, from_peer, data, ts, lost = item
-        if kind == _DATA:
-            self.guard.data(conn, from_peer, data, ts)
-        elif kind == _OPEN:
-            self.guard.open(conn, ts)
-        elif kind == _GAP:
-            self.guard.gap(conn, from_peer, ts, lost)
-        else:
-            self.guard.close(conn, ts)
-
-    def stats(self) -> dict[str, int]:
-        return {"sink_errors": self.guard.errors, "queued": self.queued,
-                "queue_depth": len(self.queue),
-                "dropped_chunks": self.dropped_chunks, "dropped_bytes": self.dropped_bytes}
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued, then end the thread."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout)
-
-
-Shipper = InlineShipper | ThreadShipper
-
-
-# --------------------------------------------------------------------------------------
-# Forwarding
 
 
 class _Half(asyncio.Protocol):
@@ -403,9 +227,7 @@ class Proxy:
         self.upstream = upstream
         self.reuse_port = reuse_port
         self.connect_timeout = connect_timeout
-        self.shipper: Shipper = (
-            ThreadShipper(sink, queue_max) if ship == "thread" else InlineShipper(sink)
-        )
+        self.shipper: Shipper = make_shipper(sink, ship, queue_max)
         self.ship = ship
         self.server: asyncio.Server | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -524,82 +346,3 @@ class Proxy:
             "ship": self.ship,
             **self.shipper.stats(),
         }
-
-
-# --------------------------------------------------------------------------------------
-# Running
-
-
-def install_uvloop() -> bool:
-    """Use uvloop when available: it roughly halves the per-chunk cost of the loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
-
-
-def _serve_one(
-    listen: Address, upstream: Address, sink_factory: Callable[[], StreamSink],
-    reuse_port: bool, ship: ShipMode,
-) -> None:
-    """One process: its own loop, its own sink, its own listening socket."""
-    install_uvloop()
-    proxy = Proxy(listen, upstream, sink_factory(), reuse_port=reuse_port, ship=ship)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await proxy.serve_forever()
-
-    asyncio.run(main())
-
-
-def run_proxy(
-    listen: Address,
-    upstream: Address,
-    sink_factory: Callable[[], StreamSink],
-    workers: int = 1,
-    *,
-    ship: ShipMode = "inline",
-) -> None:
-    """Run the proxy until SIGTERM/SIGINT, in this process or in ``workers`` processes.
-
-    With ``workers > 1`` each process binds ``listen`` with SO_REUSEPORT and the kernel
-    spreads new connections across them. Every process calls ``sink_factory`` for its own
-    sink, so each has its own tracker: that is correct because a TCP connection (and so a
-    Gearman client's whole conversation) always stays in the one process that accepted
-    it, and the tracker only correlates packets within a connection and with gearmand's
-    handles, which are unique per server.
-    """
-    if workers <= 1:
-        _serve_one(listen, upstream, sink_factory, False, ship)
-        return
-    ctx = multiprocessing.get_context("fork")
-    procs = [
-        ctx.Process(target=_serve_one, args=(listen, upstream, sink_factory, True, ship),
-                    name=f"hq-proxy-{i}", daemon=True)
-        for i in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    _wait_children(procs)
-
-
-def _wait_children(procs: list[Any]) -> None:
-    """Forward SIGTERM/SIGINT to the children and wait; if one dies, stop them all."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set() and all(p.is_alive() for p in procs):
-        stop.wait(0.5)
-    for p in procs:
-        if p.is_alive() and p.pid is not None:
-            os.kill(p.pid, signal.SIGTERM)
-    for p in procs:
-        p.join(5)

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from broker.admin import parse_address
+from broker.launcher import run_proxy
 from broker.pipe import PipeSink, make_pipe
-from broker.proxy import run_proxy
 from hq.tap import child as tapchild
 from hq.tap.runner import TapRunner
 
