@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, NamedTuple, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, get_args, get_origin, get_type_hints
 
 from psycopg import sql
 
@@ -45,10 +45,10 @@ Bytea = Annotated[bytes, PgType("bytea")]
 Timestamptz = Annotated[datetime, PgType("timestamptz")]
 
 
-def field_column(field: Field[object, object], connection: BaseDatabaseWrapper) -> Column:
+def field_column(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> Column:
     """The column a Django model field is stored in (a foreign key: ``<name>_id``)."""
     db_type = field.db_type(connection)
-    if db_type is None:
+    if field.column is None or db_type is None:
         raise TypeError(f"{field} has no column")
     return Column(field.column, db_type)
 
@@ -95,7 +95,6 @@ def copy_from_stdin(table: str, columns: Sequence[Column]) -> sql.Composed:
 def create_temp_table(table: str, columns: Sequence[Column]) -> sql.Composed:
     """A session's staging table, emptied by every commit."""
     definitions = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type: ignore[arg-type]
-        for c in columns)
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in columns)
     return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
         sql.Identifier(table), definitions)

@@ -71,7 +71,7 @@ class EventWriter:
         self.conninfo = conninfo
         self.batch = batch
         self.flush_s = flush_ms / 1000
-        self.spool = Spool(spool_dir / server)
+        self.spool: Spool[Batch] = Spool(spool_dir / server)
         # told (id, handle, function, state) of the jobs a batch changed, once committed
         self.on_commit = on_commit
         self._queue: deque[Event] = deque()
@@ -258,7 +258,7 @@ class EventWriter:
 def conninfo_from_settings() -> str:
     from django.conf import settings
 
-    db = settings.DATABASES["default"]
+    db: dict[str, Any] = settings.DATABASES["default"]
     return psycopg.conninfo.make_conninfo(
         dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
         host=db["HOST"], port=db["PORT"], application_name="gearman-hq-ingest",

@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class Spool:
+class Spool(Generic[T]):
+    """Batches of type ``T`` (pickled), oldest first."""
+
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -31,7 +35,7 @@ class Spool:
     def size_bytes(self) -> int:
         return sum((self.dir / n).stat().st_size for n in self._names())
 
-    def put(self, batch: list[Any]) -> None:
+    def put(self, batch: T) -> None:
         name = f"{self._next:012d}.batch"
         self._next += 1
         tmp = self.dir / (name + ".tmp")
@@ -41,12 +45,13 @@ class Spool:
             os.fsync(fh.fileno())
         os.replace(tmp, self.dir / name)
 
-    def oldest(self) -> tuple[str, list[Any]] | None:
+    def oldest(self) -> tuple[str, T] | None:
         names = self._names()
         if not names:
             return None
         with open(self.dir / names[0], "rb") as fh:
-            return names[0], pickle.load(fh)  # our own files, written by put()
+            batch: T = pickle.load(fh)  # our own files, written by put()
+        return names[0], batch
 
     def remove(self, name: str) -> None:
         (self.dir / name).unlink(missing_ok=True)
