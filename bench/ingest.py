@@ -83,29 +83,31 @@ def throughput(n_jobs: int, batch: int, spool: Path) -> dict[str, float]:
 
 def baseline_copy(n_jobs: int, batch: int) -> dict[str, float]:
     import psycopg
+    from psycopg import sql
 
-    from jobs.ingest import EVENT_COLUMNS, conninfo_from_settings
+    from jobs.columns import column_list
+    from jobs.ingest import conninfo_from_settings
+    from jobs.models import JobEvent
+    from jobs.store import EVENT_COLUMNS, event_values
 
     events = make_events(n_jobs, 1, time.time())
     w = writer("baseline-rows", Path(tempfile.mkdtemp()), batch)
     rows = w._rows(events)  # the same Python row building the writer does
+    bare = sql.Identifier("bench_bare_events")
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(bare, column_list(EVENT_COLUMNS))
     with psycopg.connect(conninfo_from_settings()) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_bare_events")
-        conn.execute("CREATE UNLOGGED TABLE bench_bare_events "
-                     "(LIKE jobs_jobevent INCLUDING DEFAULTS)")
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(bare))
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+            bare, sql.Identifier(JobEvent._meta.db_table)))
         conn.commit()
-        cols = ", ".join(EVENT_COLUMNS)
         started = time.perf_counter()
         for i in range(0, len(rows), batch):
-            with conn.cursor() as cur, cur.copy(
-                    f"COPY bench_bare_events ({cols}) FROM STDIN") as copy:
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 for r in rows[i:i + batch]:
-                    copy.write_row((r.id, r.at, 1, 1, r.handle, r.kind, r.conn, r.worker,
-                                    r.numerator, r.denominator, r.data_text, r.data_bin,
-                                    r.size, r.detail))
+                    copy.write_row((1, 1, *event_values(r)))  # server_id, boot_id first
             conn.commit()
         elapsed = time.perf_counter() - started
-        conn.execute("DROP TABLE bench_bare_events")
+        conn.execute(sql.SQL("DROP TABLE {}").format(bare))
     return {"events": len(rows), "seconds": elapsed, "events_per_s": len(rows) / elapsed}
 
 
