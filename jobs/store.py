@@ -14,6 +14,7 @@ from datetime import date, datetime
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from django.db import connection
@@ -105,7 +106,7 @@ def ensure_partition(conn: Conn, day: date) -> None:
     conn.execute("SELECT hq_ensure_event_partition(%s)", (day,))
 
 
-def claim(conn: Conn, batch_id: object, server: int, events: int) -> bool:
+def claim(conn: Conn, batch_id: UUID, server: int, events: int) -> bool:
     """True the first time a batch is written; False when it was written before."""
     return conn.execute(CLAIM_BATCH, (batch_id, server, events)).rowcount == 1
 
