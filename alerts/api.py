@@ -9,11 +9,11 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from hq.errors import InvalidInput, NotFound
+from hq.errors import NotFound
+from hq.pagination import NewestFirst
 from hq.permissions import AdminOnly
-from jobs.api import NewestFirst
 
-from . import services
+from . import selectors, services
 from .models import Alert, Channel, Rule
 from .serializers import (
     AckSerializer,
@@ -29,7 +29,7 @@ class RuleViewSet(viewsets.ModelViewSet):
     pagination_class = NewestFirst
 
     def get_queryset(self) -> QuerySet[Rule]:
-        return Rule.objects.select_related("server").prefetch_related("channels")
+        return selectors.rules()
 
 
 @extend_schema(parameters=[OpenApiParameter("state", str, enum=["firing", "resolved"])])
@@ -40,14 +40,7 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return AlertDetailSerializer if self.action == "retrieve" else AlertSerializer
 
     def get_queryset(self) -> QuerySet[Alert]:
-        qs = Alert.objects.select_related("rule", "server", "acknowledged_by")
-        state = self.request.query_params.get("state")
-        if state:
-            if state not in (Alert.FIRING, Alert.RESOLVED):
-                raise InvalidInput("state must be firing or resolved",
-                                   fields={"state": ["firing or resolved"]})
-            qs = qs.filter(state=state)
-        return qs
+        return selectors.alerts(state=self.request.query_params.get("state") or "")
 
     @extend_schema(request=AckSerializer, responses=AlertSerializer)
     @action(detail=True, methods=["post"])

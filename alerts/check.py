@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.models import Server
-from monitoring import selectors as monitoring
 
+from . import metric_values
 from .models import Metric, Rule
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -26,13 +26,13 @@ def check(function: str, metric: str, warning: float, critical: float, *,
         return CheckResult(UNKNOWN, f"{label} UNKNOWN - unknown metric {metric!r}")
     rule = Rule(metric=metric, function=function, window_seconds=window,
                 operator="<" if below else ">", threshold=0)
-    key = f"{metric}@{window}" if metric in monitoring.WINDOWED else metric
+    key = metric_values.metric_key(metric, window)
     server_id = None
     if server:
         server_id = Server.objects.filter(name=server).values_list("id", flat=True).first()
         if server_id is None:
             return CheckResult(UNKNOWN, f"{label} UNKNOWN - no server named {server!r}")
-    values = [(fn, m.get(key)) for (sid, fn), m in monitoring.alert_metrics({window}).items()
+    values = [(fn, m.get(key)) for (sid, fn), m in metric_values.alert_metrics({window}).items()
               if rule.matches(fn) and (server_id is None or sid == server_id)]
     values = [(fn, v) for fn, v in values if v is not None]
     if not values:

@@ -1,9 +1,9 @@
 """What every page's header shows about alerts: the count on the Alerts link and the strip
 of firing alerts under the top bar (``templates/alerts/_header_strip.html``).
 
-Add ``"alerts.context_processors.firing_alerts"`` to the template context processors. The
-value is lazy (:class:`alerts.views.FiringAlerts`): a page that does not show the header
-runs no query; one that does runs a COUNT, and fetches up to five rows only when
+Add ``"alerts.context_processors.alerts_header"`` to the template context processors. The
+value is lazy (:class:`alerts.presenters.FiringAlerts`): a page that does not show the
+header runs no query; one that does runs a COUNT, and fetches up to five rows only when
 something fires.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from .views import FiringAlerts
+from .presenters import FiringAlerts
 
 
-def firing_alerts(request: HttpRequest) -> dict[str, Any]:
+def alerts_header(request: HttpRequest) -> dict[str, Any]:
     return {"alerts_header": FiringAlerts(request)}

@@ -15,8 +15,8 @@ from django import forms
 from rest_framework import serializers
 
 from jobs.models import Server
-from monitoring.selectors import WINDOWED
 
+from .metric_values import WINDOWED
 from .models import OPERATORS, Channel, Metric, Rule, Severity
 from .serializers import ChannelSerializer, RuleSerializer
 

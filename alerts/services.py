@@ -1,6 +1,6 @@
 """Where a rule fires: evaluation of every enabled rule against the monitoring metrics.
 
-One tick (:func:`evaluate`) reads every metric once (``monitoring.selectors.alert_metrics``),
+One tick (:func:`evaluate`) reads every metric once (``alerts.metric_values.alert_metrics``),
 steps each (rule, queue) state machine (``RuleState.step``), opens or resolves alerts, and
 writes one outbox row per channel for each change (``alerts/delivery.py`` sends them).
 """
@@ -11,7 +11,7 @@ import bisect
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -23,12 +23,14 @@ from monitoring import live
 from monitoring import selectors as monitoring
 from monitoring.services import refresh_rollups
 
+from . import metric_values
 from .models import Alert, Channel, Notification, Rule, RuleState
 
 if TYPE_CHECKING:
     from .delivery import SendResult
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", Rule, Channel)
 
 
 @dataclass
@@ -39,20 +41,14 @@ class TickResult:
     resolved: list[int] = field(default_factory=list)
 
 
-def metric_key(rule: Rule) -> str:
-    if rule.metric in monitoring.WINDOWED:
-        return f"{rule.metric}@{rule.window_seconds}"
-    return rule.metric
-
-
 def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult:
     """One evaluation tick over every enabled rule."""
     now = now or timezone.now()
     if refresh:  # fold the last minutes' jobs into rollups so rates are current
         refresh_rollups(now - timedelta(minutes=2))
     rules = list(Rule.objects.filter(enabled=True).prefetch_related("channels"))
-    windows = {r.window_seconds for r in rules if r.metric in monitoring.WINDOWED}
-    values = monitoring.alert_metrics(windows, now)
+    windows = {r.window_seconds for r in rules if r.metric in metric_values.WINDOWED}
+    values = metric_values.alert_metrics(windows, now)
     states = {(s.rule_id, s.server_id, s.function): s
               for s in RuleState.objects.filter(rule__in=rules)}
     matcher = QueueMatcher(values)
@@ -65,7 +61,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
     fired: list[tuple[Rule, RuleState, float]] = []
     with transaction.atomic():
         for rule in rules:
-            key = metric_key(rule)
+            key = metric_values.metric_key(rule.metric, rule.window_seconds)
             seen: set[tuple[int | None, str]] = set()
             for sid, function in matcher.keys(rule.function):
                 if rule.server_id and sid != rule.server_id:
@@ -290,3 +286,41 @@ def test_channel(channel: Channel) -> tuple[Notification, SendResult]:
     note.last_error = result.error
     note.save()
     return note, result
+
+
+def set_rule_enabled(*, rule_id: int, enabled: bool | None) -> Rule:
+    """Enable or disable a rule (``None`` flips it); a disabled rule goes quiet at the
+    next tick."""
+    rule = _get(Rule, rule_id, "rule")
+    rule.enabled = (not rule.enabled) if enabled is None else enabled
+    rule.save(update_fields=["enabled"])
+    return rule
+
+
+def delete_rule(*, rule_id: int) -> str:
+    """Delete a rule with its alerts; returns its name."""
+    rule = _get(Rule, rule_id, "rule")
+    name = rule.name
+    rule.delete()
+    return name
+
+
+def set_channel_enabled(*, channel_id: int, enabled: bool | None) -> Channel:
+    channel = _get(Channel, channel_id, "channel")
+    channel.enabled = (not channel.enabled) if enabled is None else enabled
+    channel.save(update_fields=["enabled"])
+    return channel
+
+
+def delete_channel(*, channel_id: int) -> str:
+    channel = _get(Channel, channel_id, "channel")
+    name = channel.name
+    channel.delete()
+    return name
+
+
+def _get(model: type[M], pk: int, what: str) -> M:
+    try:
+        return model.objects.get(pk=pk)
+    except model.DoesNotExist:
+        raise NotFound(f"No {what} with id {pk}.") from None

@@ -15,7 +15,7 @@ missing, its HQ tables emptied each run) with:
 
 then times ``alerts.services.evaluate(refresh=False)`` over ``--ticks`` ticks (the first
 creates every rule state and fires the first alerts: reported on its own), and, as the
-floor in the same run, one ``monitoring.selectors.alert_metrics(windows)`` call alone.
+floor in the same run, one ``alerts.metric_values.alert_metrics(windows)`` call alone.
 With ``--churn P``, a second series rewrites P % of the queue snapshots before each tick
 (outside the timing), so states move and are written.
 
@@ -232,9 +232,8 @@ def main() -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from alerts import services
+    from alerts import metric_values, services
     from alerts.models import Alert, Notification, Rule, RuleState
-    from monitoring import selectors
 
     rng = random.Random(args.seed)
     names = functions(args.functions)
@@ -254,7 +253,7 @@ def main() -> None:
           f"{info['stars']} rules are '*')", flush=True)
 
     windows = {r.window_seconds for r in Rule.objects.filter(enabled=True)
-               if r.metric in selectors.WINDOWED}
+               if r.metric in metric_values.WINDOWED}
 
     def refresh_snapshots(only: list[str] | None = None) -> None:
         """Keep the snapshots 'now' (the evaluator reads the last 2 minutes only)."""
@@ -262,8 +261,8 @@ def main() -> None:
 
     # the floor: reading every metric once, which every tick has to do
     refresh_snapshots()
-    selectors.alert_metrics(windows)  # warm the plan cache
-    floor = [timed(lambda: selectors.alert_metrics(windows))[0] for _ in range(args.ticks)]
+    metric_values.alert_metrics(windows)  # warm the plan cache
+    floor = [timed(lambda: metric_values.alert_metrics(windows))[0] for _ in range(args.ticks)]
 
     # series 1: the first tick creates every state; the rest are steady
     series: list[float] = []

@@ -56,7 +56,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "alerts.context_processors.firing_alerts",
+                "alerts.context_processors.alerts_header",
             ],
         },
     },

@@ -5,27 +5,13 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
+
+from hq.pagination import NewestFirst, OldestFirst
 
 from . import selectors
 from .models import Job
 from .serializers import JobEventSerializer, JobSerializer
-
-
-class NewestFirst(CursorPagination):
-    ordering = "-id"
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
-
-
-class OldestFirst(CursorPagination):
-    ordering = ("at", "id")
-    page_size = 200
-    page_size_query_param = "limit"
-    max_page_size = 1000
-
 
 JOB_FILTERS = [
     OpenApiParameter(name, OpenApiTypes.STR, description=desc) for name, desc in [

@@ -11,7 +11,7 @@ from django.utils.dateparse import parse_datetime
 from hq.errors import InvalidInput, NotFound
 
 from .lookups import like_pattern  # importing it registers __ilike
-from .models import Job, JobEvent, SearchText, State
+from .models import Job, JobEvent, SearchText, Server, State
 
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
            "submitted_after", "submitted_before", "q")
@@ -87,3 +87,21 @@ def exact_job(text: str) -> Job | None:
 
 def job_events(job: Job) -> QuerySet[JobEvent]:
     return JobEvent.objects.filter(boot_id=job.boot_id, handle=job.handle).order_by("at", "id")
+
+
+def newest_page(qs: QuerySet[Job], before_id: str, size: int) -> tuple[list[Job], int | None]:
+    """One page of newest-first jobs, older than ``before_id``; and the next cursor."""
+    raw = before_id.strip()
+    if raw:
+        if not raw.isdigit():
+            raise InvalidInput(f"before_id must be a job id, not {raw!r}",
+                               fields={"before_id": ["A whole number."]})
+        qs = qs.filter(id__lt=int(raw))
+    rows = list(qs[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    return rows, (rows[-1].pk if more else None)
+
+
+def server_names() -> list[str]:
+    return list(Server.objects.order_by("name").values_list("name", flat=True))

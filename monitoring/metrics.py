@@ -46,7 +46,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import histogram, live
+from jobs.models import Server
+
+from . import histogram, live, selectors
+from .models import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +112,6 @@ class HQCollector:
 
 # -- queues and servers ----------------------------------------------------------------------
 
-QUEUE_SQL = """
-SELECT DISTINCT ON (q.server_id, q.function) s.name, q.function, q.total, q.running, q.workers
-FROM monitoring_queuesnapshot q JOIN jobs_server s ON s.id = q.server_id
-WHERE q.at >= %s
-ORDER BY q.server_id, q.function, q.at DESC
-"""
-
-
 def queue_metrics() -> Iterator[Metric]:
     labels = ["server", "function"]
     depth = GaugeMetricFamily("hq_queue_depth", "Jobs queued and not running (gearmand status)",
@@ -125,12 +120,11 @@ def queue_metrics() -> Iterator[Metric]:
                                 labels=labels)
     workers = GaugeMetricFamily("hq_queue_workers", "Workers able to run the function",
                                 labels=labels)
-    with connection.cursor() as cur:
-        cur.execute(QUEUE_SQL, [_now() - SNAPSHOT_MAX_AGE])
-        for server, function, total, run, work in cur.fetchall():
-            depth.add_metric([server, function], max(total - run, 0))
-            running.add_metric([server, function], run)
-            workers.add_metric([server, function], work)
+    for _sid, server, function, total, run, work, _at in selectors.latest_snapshots(
+            since=_now() - SNAPSHOT_MAX_AGE):
+        depth.add_metric([server, function], max(total - run, 0))
+        running.add_metric([server, function], run)
+        workers.add_metric([server, function], work)
     yield from (depth, running, workers)
 
 
@@ -140,13 +134,11 @@ def server_metrics() -> Iterator[Metric]:
     polled = GaugeMetricFamily("hq_server_last_poll_timestamp_seconds",
                                "When the admin poller last polled the server",
                                labels=["server"])
-    with connection.cursor() as cur:
-        cur.execute("SELECT s.name, st.up, st.polled_at FROM monitoring_serverstate st "
-                    "JOIN jobs_server s ON s.id = st.server_id ORDER BY s.name")
-        for name, is_up, polled_at in cur.fetchall():
-            up.add_metric([name], 1 if is_up else 0)
-            if polled_at is not None:
-                polled.add_metric([name], polled_at.timestamp())
+    for name, is_up, polled_at in (ServerState.objects.order_by("server__name")
+                                   .values_list("server__name", "up", "polled_at")):
+        up.add_metric([name], 1 if is_up else 0)
+        if polled_at is not None:
+            polled.add_metric([name], polled_at.timestamp())
     yield from (up, polled)
 
 
@@ -170,21 +162,6 @@ class Totals:
 
 Series = dict[tuple[str, str], Totals]
 
-COUNTS_SQL = """
-SELECT s.name, r.function, sum(r.submitted), sum(r.completed), sum(r.failed)
-FROM monitoring_rollup r JOIN jobs_server s ON s.id = r.server_id
-WHERE {where} GROUP BY s.name, r.function
-"""
-HIST_SQL = """
-SELECT s.name, r.function, e.i - 1, sum(e.n::numeric)
-FROM monitoring_rollup r JOIN jobs_server s ON s.id = r.server_id
-CROSS JOIN LATERAL jsonb_array_elements_text(
-    CASE WHEN jsonb_typeof(r.runtime_hist) = 'array' THEN r.runtime_hist ELSE '[]' END
-) WITH ORDINALITY AS e(n, i)
-WHERE {where} AND e.n NOT IN ('0', 'null') GROUP BY s.name, r.function, e.i
-"""
-
-
 def _reduced_index(i: int) -> int:
     for k, edge in enumerate(LE_INDEXES):
         if i <= edge:
@@ -199,26 +176,15 @@ _MIDDLE_S = [0.0005] + [math.sqrt(histogram.lower_edge(i) * histogram.upper_edge
 
 def sum_rollups(lo: datetime | None, hi: datetime | None) -> Series:
     """Per (server, function): rollup rows with ``lo <= minute < hi`` added up."""
-    where, params = ["TRUE"], []
-    if lo is not None:
-        where.append("r.minute >= %s")
-        params.append(lo)
-    if hi is not None:
-        where.append("r.minute < %s")
-        params.append(hi)
-    cond = " AND ".join(where)
+    names = dict(Server.objects.values_list("id", "name"))
     series: Series = {}
-    with connection.cursor() as cur:
-        cur.execute(COUNTS_SQL.format(where=cond), params)
-        for server, function, submitted, completed, failed in cur.fetchall():
-            series[(server, function)] = Totals(int(submitted or 0), int(completed or 0),
-                                                int(failed or 0))
-        cur.execute(HIST_SQL.format(where=cond), params)
-        for server, function, index, count in cur.fetchall():
-            totals = series.setdefault((server, function), Totals())
-            i = min(max(int(index), 0), histogram.SIZE - 1)
-            totals.buckets[_REDUCED[i]] += int(count)
-            totals.runtime_sum_s += int(count) * _MIDDLE_S[i]
+    for (sid, function), agg in selectors.rollup_sums(since=lo, until=hi).items():
+        totals = series[(names.get(sid, "?"), function)] = Totals(
+            agg["submitted"], agg["completed"], agg["failed"])
+        for i, count in enumerate(agg["runtime"]):
+            if count:
+                totals.buckets[_REDUCED[i]] += count
+                totals.runtime_sum_s += count * _MIDDLE_S[i]
     return series
 
 

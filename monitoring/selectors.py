@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.db import connection
@@ -46,57 +47,95 @@ def servers() -> list[dict[str, Any]]:
     return out
 
 
-LATEST_SQL = """
-SELECT DISTINCT ON (q.server_id, q.function) q.server_id, s.name, q.function, q.total,
-       q.running, q.workers, q.at
-FROM monitoring_queuesnapshot q JOIN jobs_server s ON s.id = q.server_id
-WHERE q.at >= %s {server}
-ORDER BY q.server_id, q.function, q.at DESC
-"""
-SPARK_SQL = """
-SELECT server_id, function, total - running FROM (
-    SELECT server_id, function, total, running, at,
-           row_number() OVER (PARTITION BY server_id, function ORDER BY at DESC) AS n
-    FROM monitoring_queuesnapshot WHERE at >= %s {server}) recent
-WHERE n <= %s ORDER BY server_id, function, at
-"""
-OLDEST_SQL = """
-SELECT server_id, function, min(submitted_at) FROM jobs_job
-WHERE state = 'queued' AND submitted_at IS NOT NULL {server}
-GROUP BY 1, 2
-"""
+def _sql(name: str) -> str:
+    return (Path(__file__).with_name("sql") / f"{name}.sql").read_text()
 
 
-def _server_clause(server: str | None, alias: str = "") -> tuple[str, list[Any]]:
-    if not server:
-        return "", []
-    col = f"{alias}server_id" if alias else "server_id"
-    return f"AND {col} = (SELECT id FROM jobs_server WHERE name = %s)", [server]
+LATEST_SQL = _sql("latest_snapshots")
+SPARK_SQL = _sql("sparklines")
+OLDEST_SQL = _sql("oldest_queued")
+RUNNING_SQL = _sql("running_since")
+ROLLUP_COUNTS_SQL = _sql("rollup_counts")
+ROLLUP_HIST_SQL = _sql("rollup_histograms")
+DEPTH_SQL = _sql("depths")
+
+Key = tuple[int, str]  # (server id, function)
+
+
+def latest_snapshots(*, since: datetime, server: str | None = None
+                     ) -> list[tuple[int, str, str, int, int, int, datetime]]:
+    """gearmand's latest ``status`` per server and function polled since ``since``:
+    (server id, server name, function, total, running, workers, at)."""
+    with connection.cursor() as cur:
+        cur.execute(LATEST_SQL, {"since": since, "server": server})
+        return cur.fetchall()
+
+
+def rollup_sums(*, since: datetime | None, until: datetime | None = None,
+                server: str | None = None) -> dict[Key, dict[str, Any]]:
+    """Rollup minutes in ``[since, until)`` added up per server and function: counts,
+    and the runtime and wait histograms bucket by bucket."""
+    args = {"since": since, "until": until, "server": server}
+    out: dict[Key, dict[str, Any]] = {}
+    with connection.cursor() as cur:
+        cur.execute(ROLLUP_COUNTS_SQL, args)
+        for sid, function, submitted, completed, failed in cur.fetchall():
+            out[(sid, function)] = _sums(int(submitted or 0), int(completed or 0),
+                                         int(failed or 0))
+        cur.execute(ROLLUP_HIST_SQL, args)
+        for sid, function, kind, index, count in cur.fetchall():
+            agg = out.setdefault((sid, function), _sums(0, 0, 0))
+            agg[kind][min(max(int(index), 0), histogram.SIZE - 1)] += int(count)
+    return out
+
+
+def _sums(submitted: int, completed: int, failed: int) -> dict[str, Any]:
+    return {"submitted": submitted, "completed": completed, "failed": failed,
+            "runtime": histogram.empty(), "wait": histogram.empty()}
+
+
+def oldest_queued(*, server: str | None = None) -> dict[Key, datetime]:
+    """When the oldest job still queued was submitted, per server and function."""
+    with connection.cursor() as cur:
+        cur.execute(OLDEST_SQL, {"server": server})
+        return {(sid, function): at for sid, function, at in cur.fetchall()}
+
+
+def running_since() -> dict[Key, datetime]:
+    """When the longest-running job started, per server and function."""
+    with connection.cursor() as cur:
+        cur.execute(RUNNING_SQL)
+        return {(sid, function): at for sid, function, at in cur.fetchall()}
 
 
 def queues(server: str | None = None) -> list[dict[str, Any]]:
     """One row per server and function: gearmand's live counts plus the last hour."""
     now = timezone.now()
-    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    rows: dict[Key, dict[str, Any]] = {}
     names = dict(Server.objects.values_list("id", "name"))
-    clause, args = _server_clause(server, "q.")
-    with connection.cursor() as cur:
-        cur.execute(LATEST_SQL.format(server=clause), [now - FRESH, *args])
-        for sid, sname, function, total, running, workers, _at in cur.fetchall():
-            rows[(sid, function)] = _queue_row(sname, function, max(total - running, 0),
-                                               running, workers)
-    hour = _rollup_totals(now - timedelta(hours=1), server)
+    for sid, sname, function, total, running, workers, _at in latest_snapshots(
+            since=now - FRESH, server=server):
+        rows[(sid, function)] = _queue_row(sname, function, max(total - running, 0),
+                                           running, workers)
+    hour = rollup_sums(since=minute_of(now - timedelta(hours=1)), server=server)
     for key, agg in hour.items():
         row = rows.get(key)
         if row is None:  # seen in jobs, not listed by gearmand now (server down, or idle)
             row = rows[key] = _queue_row(names.get(key[0], "?"), key[1], None, None, None)
         _add_hour(row, agg)
-    _add_oldest(rows, server, now)
+    for key, oldest in oldest_queued(server=server).items():
+        row = rows.get(key)
+        if row is not None and row["queued"]:
+            row["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 1)
     _add_sparklines(rows, server, now)
     for row in rows.values():
         row["backed_up"] = bool(row["queued"]) and (
             not row["workers"] or (row["oldest_queued_age_s"] or 0) > 60)
     return sorted(rows.values(), key=lambda r: (r["server"], r["function"]))
+
+
+def minute_of(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
 
 
 def _queue_row(server: str, function: str, queued: int | None, running: int | None,
@@ -105,39 +144,6 @@ def _queue_row(server: str, function: str, queued: int | None, running: int | No
             "workers": workers, "oldest_queued_age_s": None, "completed_1h": 0,
             "failed_1h": 0, "failure_rate_1h": None, "runtime_p50_ms": None,
             "runtime_p95_ms": None, "wait_p95_ms": None, "sparkline": []}
-
-
-ROLLUP_COUNTS_SQL = """
-SELECT r.server_id, r.function, sum(r.submitted), sum(r.completed), sum(r.failed)
-FROM monitoring_rollup r WHERE r.minute >= %s {server} GROUP BY 1, 2
-"""
-ROLLUP_HIST_SQL = """
-SELECT r.server_id, r.function, e.i - 1, sum(e.n::int)
-FROM monitoring_rollup r, jsonb_array_elements_text(r.{column}) WITH ORDINALITY AS e(n, i)
-WHERE r.minute >= %s {server} AND e.n <> '0'
-GROUP BY 1, 2, 3
-"""
-
-
-def _rollup_totals(since: datetime, server: str | None) -> dict[tuple[int, str], dict]:
-    """Sums of the rollup rows since ``since`` per server and function; the histograms
-    are added up bucket by bucket in SQL (thousands of minute rows never reach Python)."""
-    clause, args = _server_clause(server, "r.")
-    since = since.replace(second=0, microsecond=0)
-    out: dict[tuple[int, str], dict] = {}
-    with connection.cursor() as cur:
-        cur.execute(ROLLUP_COUNTS_SQL.format(server=clause), [since, *args])
-        for sid, function, submitted, completed, failed in cur.fetchall():
-            out[(sid, function)] = {"submitted": submitted, "completed": completed,
-                                    "failed": failed, "runtime": histogram.empty(),
-                                    "wait": histogram.empty()}
-        for column, key in (("runtime_hist", "runtime"), ("wait_hist", "wait")):
-            cur.execute(ROLLUP_HIST_SQL.format(column=column, server=clause), [since, *args])
-            for sid, function, index, count in cur.fetchall():
-                agg = out.get((sid, function))
-                if agg is not None and 0 <= index < histogram.SIZE:
-                    agg[key][index] += count
-    return out
 
 
 def _add_hour(row: dict[str, Any], agg: dict[str, Any]) -> None:
@@ -149,21 +155,11 @@ def _add_hour(row: dict[str, Any], agg: dict[str, Any]) -> None:
     row["wait_p95_ms"] = histogram.percentile(agg["wait"], 95)
 
 
-def _add_oldest(rows: dict, server: str | None, now: datetime) -> None:
-    clause, args = _server_clause(server)
+def _add_sparklines(rows: dict[Key, dict[str, Any]], server: str | None,
+                    now: datetime) -> None:
+    args = {"since": now - timedelta(minutes=30), "server": server, "points": SPARK_POINTS}
     with connection.cursor() as cur:
-        cur.execute(OLDEST_SQL.format(server=clause), args)
-        for sid, function, oldest in cur.fetchall():
-            row = rows.get((sid, function))
-            if row is not None and row["queued"]:
-                row["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 1)
-
-
-def _add_sparklines(rows: dict, server: str | None, now: datetime) -> None:
-    clause, args = _server_clause(server)
-    with connection.cursor() as cur:
-        cur.execute(SPARK_SQL.format(server=clause),
-                    [now - timedelta(minutes=30), *args, SPARK_POINTS])
+        cur.execute(SPARK_SQL, args)
         for sid, function, depth in cur.fetchall():
             row = rows.get((sid, function))
             if row is not None:
@@ -190,15 +186,6 @@ def parse_range(range_name: str | None, step: str | None) -> tuple[int, int]:
             raise InvalidInput("too many points: use a larger step",
                                fields={"step": ["At most 2000 points per range."]})
     return range_s, step_s
-
-
-DEPTH_SQL = """
-SELECT to_timestamp(floor(extract(epoch FROM at) / %s) * %s) AS t,
-       max(total - running)
-FROM monitoring_queuesnapshot
-WHERE function = %s AND at >= %s {server}
-GROUP BY 1
-"""
 
 
 def queue_stats(function: str, range_s: int, step_s: int,
@@ -241,9 +228,9 @@ def queue_stats(function: str, range_s: int, step_s: int,
 
 
 def _depths(function: str, start: datetime, step_s: int, server: str | None) -> dict[int, int]:
-    clause, args = _server_clause(server)
+    args = {"step": step_s, "function": function, "since": start, "server": server}
     with connection.cursor() as cur:
-        cur.execute(DEPTH_SQL.format(server=clause), [step_s, step_s, function, start, *args])
+        cur.execute(DEPTH_SQL, args)
         return {int(t.timestamp()): max(d, 0) for t, d in cur.fetchall()}
 
 
@@ -311,55 +298,3 @@ def _finished_counts(rows: list[Worker]) -> dict[tuple[int, str], dict[str, int]
 def recent_failures(function: str, limit: int = 20) -> list[Job]:
     return list(Job.objects.filter(function=function, state="failed")
                 .select_related("server").order_by("-id")[:limit])
-
-
-RUNNING_SQL = """
-SELECT server_id, function, extract(epoch FROM %s - min(started_at))
-FROM jobs_job WHERE state = 'running' AND started_at IS NOT NULL GROUP BY 1, 2
-"""
-#: drain_time when nothing completes: a year stands for "never"
-NEVER_S = 365 * 86400.0
-WINDOWED = ("failure_rate", "runtime_p95", "drain_time")
-
-
-def alert_metrics(windows: set[int], now: datetime | None = None
-                  ) -> dict[tuple[int, str], dict[str, float | None]]:
-    """Every alertable metric per (server id, function), as the alert rules name them.
-
-    Windowed metrics are keyed ``"failure_rate@300"`` (metric @ window seconds). A value
-    is None when there is nothing to judge (no jobs finished in the window; ``workers``
-    while nothing is queued and no worker is connected).
-    """
-    now = now or timezone.now()
-    out: dict[tuple[int, str], dict[str, float | None]] = defaultdict(dict)
-    live: dict[tuple[int, str], tuple[int, int]] = {}
-    with connection.cursor() as cur:
-        cur.execute(LATEST_SQL.format(server=""), [now - FRESH])
-        for sid, _name, function, total, running, workers, _at in cur.fetchall():
-            queued = max(total - running, 0)
-            live[(sid, function)] = (queued, workers)
-            m = out[(sid, function)]
-            m["queue_depth"] = queued
-            m["workers"] = workers if (queued or workers) else None
-            m["stranded"] = queued if workers == 0 else 0
-            m["oldest_queued_age"] = 0.0
-            m["running_too_long"] = 0.0
-        cur.execute(OLDEST_SQL.format(server=""), [])
-        for sid, function, oldest in cur.fetchall():
-            if live.get((sid, function), (0, 0))[0]:
-                out[(sid, function)]["oldest_queued_age"] = (now - oldest).total_seconds()
-        cur.execute(RUNNING_SQL, [now])
-        for sid, function, age in cur.fetchall():
-            out[(sid, function)]["running_too_long"] = float(age)
-    for window in windows:
-        for key, agg in _rollup_totals(now - timedelta(seconds=window), None).items():
-            m = out[key]
-            done = agg["completed"] + agg["failed"]
-            m[f"failure_rate@{window}"] = agg["failed"] / done if done else None
-            m[f"runtime_p95@{window}"] = histogram.percentile(agg["runtime"], 95)
-            queued = live.get(key, (0, 0))[0]
-            rate = agg["completed"] / window
-            m[f"drain_time@{window}"] = (queued / rate if rate else NEVER_S) if queued else 0.0
-        for key, (queued, _w) in live.items():
-            out[key].setdefault(f"drain_time@{window}", NEVER_S if queued else 0.0)
-    return out

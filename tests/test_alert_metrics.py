@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from alerts import delivery, services
+from alerts import delivery, metric_values, services
 from alerts.models import Alert, Channel, Notification, Rule, RuleState, Transition
 from jobs.models import Server
 from monitoring import selectors
@@ -88,7 +88,7 @@ def metric(server: str, function: str, key: str) -> float | None:
     """The value the evaluator sees now for one queue (windowed keys: ``name@window``)."""
     windows = {int(key.split("@")[1])} if "@" in key else set()
     sid = Server.objects.filter(name=server).values_list("id", flat=True).first()
-    return selectors.alert_metrics(windows).get((sid, function), {}).get(key)
+    return metric_values.alert_metrics(windows).get((sid, function), {}).get(key)
 
 
 def wait_metric(server: str, function: str, key: str, check: Callable[[float], bool],
@@ -352,7 +352,7 @@ def test_drain_time_forecast_fires(stack: Tap, workers) -> None:  # type: ignore
     wait_metric(stack.server, "stuck", "queue_depth", lambda v: v == 1, "depth 1")
     result = services.evaluate()
     assert assert_fired(r, "drainy", result).value == pytest.approx(900)
-    assert assert_fired(r, "stuck", result).value == selectors.NEVER_S
+    assert assert_fired(r, "stuck", result).value == metric_values.NEVER_S
 
 
 @pytest.mark.gearmand
@@ -440,7 +440,7 @@ def feed(monkeypatch: pytest.MonkeyPatch, server: Server) -> dict[str, float | N
     def alert_metrics(windows: set[int], now: datetime | None = None) -> dict:
         return {(server.id, "q"): {"queue_depth": current["v"]}}
 
-    monkeypatch.setattr(selectors, "alert_metrics", alert_metrics)
+    monkeypatch.setattr(metric_values, "alert_metrics", alert_metrics)
     return current
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from alerts import services
 from alerts.models import Alert, Channel, Notification, Rule, RuleState
-from alerts.views import FiringAlerts, clean_error, metric_text
+from alerts.presenters import FiringAlerts, clean_error, metric_text
 from hq.models import Role
 from hq.services import ensure_user
 from jobs.models import Server

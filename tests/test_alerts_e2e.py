@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from alerts import delivery, services
+from alerts.metric_values import alert_metrics
 from alerts.models import Alert, Channel, Notification, Rule
-from monitoring.selectors import alert_metrics
 from tests.conftest import Tap, wait_for
 from tests.receiver import Receiver
 

@@ -17,7 +17,7 @@ from hq.models import Role
 from jobs.models import Boot, Job, Server
 from monitoring import histogram
 from monitoring.models import QueueSnapshot, Rollup, ServerState, Worker
-from monitoring.views import sparkline
+from monitoring.presenters import sparkline
 from tests.conftest import make_user as _make_user
 
 PASSWORD = "monitor-pass-123"

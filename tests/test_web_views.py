@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from hq import formatting as hq_format
 from hq.models import Role
 from jobs.models import Boot, Job, JobEvent, Server
-from jobs.templatetags import hq_format
 from tests.conftest import make_user as _make_user
 
 PASSWORD = "correct-horse-battery"
