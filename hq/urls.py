@@ -3,7 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from monitoring.metrics import metrics as metrics_view
 
-from . import health
+from . import health, views
 from .api_errors import api_not_found
 
 api_v1 = [
@@ -19,6 +19,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/<path:rest>", api_not_found),
+    path("login/", views.login_view, name="login"),
+    path("logout/", views.logout_view, name="logout"),
     path("", include("monitoring.web_urls")),
     path("", include("alerts.web_urls")),
     path("", include("jobs.web_urls")),
