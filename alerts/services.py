@@ -288,39 +288,25 @@ def test_channel(channel: Channel) -> tuple[Notification, SendResult]:
     return note, result
 
 
-def set_rule_enabled(*, rule_id: int, enabled: bool | None) -> Rule:
-    """Enable or disable a rule (``None`` flips it); a disabled rule goes quiet at the
-    next tick."""
-    rule = _get(Rule, rule_id, "rule")
-    rule.enabled = (not rule.enabled) if enabled is None else enabled
-    rule.save(update_fields=["enabled"])
-    return rule
+def set_enabled(model: type[M], *, pk: int, enabled: bool | None) -> M:
+    """Enable or disable a rule or a channel (``None`` flips it). A disabled rule goes
+    quiet at the next tick; a disabled channel is no longer notified."""
+    obj = _get(model, pk)
+    obj.enabled = (not obj.enabled) if enabled is None else enabled
+    obj.save(update_fields=["enabled"])
+    return obj
 
 
-def delete_rule(*, rule_id: int) -> str:
-    """Delete a rule with its alerts; returns its name."""
-    rule = _get(Rule, rule_id, "rule")
-    name = rule.name
-    rule.delete()
+def delete(model: type[M], *, pk: int) -> str:
+    """Delete a rule (with its alerts) or a channel; returns its name."""
+    obj = _get(model, pk)
+    name = obj.name
+    obj.delete()
     return name
 
 
-def set_channel_enabled(*, channel_id: int, enabled: bool | None) -> Channel:
-    channel = _get(Channel, channel_id, "channel")
-    channel.enabled = (not channel.enabled) if enabled is None else enabled
-    channel.save(update_fields=["enabled"])
-    return channel
-
-
-def delete_channel(*, channel_id: int) -> str:
-    channel = _get(Channel, channel_id, "channel")
-    name = channel.name
-    channel.delete()
-    return name
-
-
-def _get(model: type[M], pk: int, what: str) -> M:
+def _get(model: type[M], pk: int) -> M:
     try:
         return model.objects.get(pk=pk)
     except model.DoesNotExist:
-        raise NotFound(f"No {what} with id {pk}.") from None
+        raise NotFound(f"No {model._meta.verbose_name} with id {pk}.") from None

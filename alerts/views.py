@@ -173,7 +173,7 @@ def _rule_form(request: HttpRequest, form: RuleForm, rule: Rule | None) -> HttpR
 @require_POST
 @operator_required
 def rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    name = _or_404(services.delete_rule, rule_id=pk)
+    name = _or_404(services.delete, Rule, pk=pk)
     messages.success(request, f"Rule “{name}” deleted, with its alerts.")
     return redirect("alert-list")
 
@@ -183,7 +183,7 @@ def rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def rule_toggle(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     # the button says what it wants ("1" or "0"), so a double click does not flip it back
     wanted = request.POST.get("enabled")
-    _or_404(services.set_rule_enabled, rule_id=pk,
+    _or_404(services.set_enabled, Rule, pk=pk,
             enabled=(wanted == "1") if wanted in ("0", "1") else None)
     if request.htmx:
         row = selectors.rule_rows(Rule.objects.filter(pk=pk))[0]
@@ -191,9 +191,9 @@ def rule_toggle(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return redirect(f"{reverse('alert-list')}#rule-{pk}")
 
 
-def _or_404(service, **kwargs):  # type: ignore[no-untyped-def]
+def _or_404(service, *args, **kwargs):  # type: ignore[no-untyped-def]
     try:
-        return service(**kwargs)
+        return service(*args, **kwargs)
     except NotFound as exc:
         raise Http404(exc.message) from None
 
@@ -224,7 +224,7 @@ def channel_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @admin_required
 def channel_toggle(request: HttpRequest, pk: int) -> HttpResponse:
-    channel = _or_404(services.set_channel_enabled, channel_id=pk, enabled=None)
+    channel = _or_404(services.set_enabled, Channel, pk=pk, enabled=None)
     state = "enabled" if channel.enabled else "disabled: rules no longer notify it"
     messages.success(request, f"Channel “{channel.name}” {state}.")
     return redirect(f"{reverse('channel-list')}#channel-{pk}")
@@ -233,7 +233,7 @@ def channel_toggle(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @admin_required
 def channel_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    name = _or_404(services.delete_channel, channel_id=pk)
+    name = _or_404(services.delete, Channel, pk=pk)
     messages.success(request, f"Channel “{name}” deleted.")
     return redirect("channel-list")
 
