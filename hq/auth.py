@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from .models import ApiToken, hash_token
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from rest_framework.request import Request
 
-def user_for_token(raw: str):  # type: ignore[no-untyped-def]
+
+def user_for_token(raw: str) -> User | None:
     """The active user a raw token belongs to, or None."""
     token = (
         ApiToken.objects.select_related("user").filter(digest=hash_token(raw.strip())).first()
@@ -24,7 +30,7 @@ def user_for_token(raw: str):  # type: ignore[no-untyped-def]
 class BearerTokenAuthentication(authentication.BaseAuthentication):
     keyword = "bearer"
 
-    def authenticate(self, request):  # type: ignore[no-untyped-def]
+    def authenticate(self, request: Request) -> tuple[User, None] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
@@ -38,5 +44,5 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
         return (user, None)
 
-    def authenticate_header(self, request):  # type: ignore[no-untyped-def]
+    def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

@@ -11,8 +11,10 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from broker.client import Client, GearmanError, Job, JobFailed, Worker, WorkFailed
+from broker.client import Client, GearmanError, Handler, Job, JobFailed, Worker, WorkFailed
 
 
 async def resize_image(job: Job) -> bytes:
@@ -48,7 +50,8 @@ async def sync_inventory(job: Job) -> bytes:
 class FlakyWorker(Worker):
     """A transcoder that crashes (drops its connection) in the middle of one job in 25."""
 
-    async def _work(self, conn, handle, function, payload):  # type: ignore[no-untyped-def]
+    # ``conn`` is broker.client's connection, a class private to broker.client
+    async def _work(self, conn: Any, handle: bytes, function: str, payload: bytes) -> None:
         await asyncio.sleep(random.uniform(0.1, 0.4))
         if random.random() < 0.04:
             await conn.close()
@@ -68,7 +71,8 @@ WORKERS = [
 ]
 
 
-async def run_worker(host: str, port: int, name: str, handlers: dict, flaky: bool) -> None:
+async def run_worker(host: str, port: int, name: str, handlers: Mapping[str, Handler],
+                     flaky: bool) -> None:
     """Keep one worker connected, reconnecting after crashes or gearmand restarts."""
     while True:
         cls = FlakyWorker if flaky else Worker

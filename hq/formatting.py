@@ -8,11 +8,16 @@ is pure formatting: no queries except ``user_role`` (one lookup of the user's gr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 from django.utils import timezone
 
 from .roles import role_of
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractUser, AnonymousUser
 
 DASH = "—"
 
@@ -186,8 +191,8 @@ def state_icon(state: str) -> str:
     return STATE_ICONS.get(state, "•")
 
 
-def user_role(user: object) -> str:
-    role = role_of(user)  # type: ignore[arg-type]
+def user_role(user: AbstractUser | AnonymousUser | None) -> str:
+    role = role_of(user)
     return role.value if role else "no role"
 
 
@@ -219,6 +224,11 @@ def share(part: int | None, other: int | None) -> str:
     return f"{100 * (part or 0) / total:.2f}" if total > 0 else "0"
 
 
-def spans_servers(jobs: list) -> bool:
+class OnAServer(Protocol):
+    @property
+    def server_id(self) -> int: ...
+
+
+def spans_servers(jobs: Iterable[OnAServer]) -> bool:
     """Whether these rows come from more than one server (then each row names its own)."""
     return len({job.server_id for job in jobs}) > 1

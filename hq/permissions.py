@@ -1,9 +1,17 @@
 """Role checks for the REST API."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from .models import Role
 from .roles import has_role
+
+if TYPE_CHECKING:  # rest_framework.views imports DRF's settings, which import this module
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
 
 
 class ViewerReadOperatorWrite(BasePermission):
@@ -11,7 +19,7 @@ class ViewerReadOperatorWrite(BasePermission):
 
     message = "Your role does not allow this."
 
-    def has_permission(self, request, view):  # type: ignore[no-untyped-def]
+    def has_permission(self, request: Request, view: APIView) -> bool:
         needed = Role.VIEWER if request.method in SAFE_METHODS else Role.OPERATOR
         return has_role(request.user, needed)
 
@@ -19,5 +27,5 @@ class ViewerReadOperatorWrite(BasePermission):
 class AdminOnly(BasePermission):
     message = "Only admins may do this."
 
-    def has_permission(self, request, view):  # type: ignore[no-untyped-def]
+    def has_permission(self, request: Request, view: APIView) -> bool:
         return has_role(request.user, Role.ADMIN)

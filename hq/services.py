@@ -23,7 +23,7 @@ def ensure_user(username: str, role: Role) -> AbstractUser:
     user.is_superuser = role == Role.ADMIN
     user.save()
     set_role(user, role)
-    return user  # type: ignore[return-value]
+    return user
 
 
 def issue_token(user: AbstractUser) -> str:

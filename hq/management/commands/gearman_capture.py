@@ -5,9 +5,10 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.capture import CaptureSource
 from broker.tcpdump import CaptureError
@@ -21,7 +22,7 @@ QUIET_S = 1.5
 class Command(BaseCommand):
     help = "Record every job of a gearmand by capturing its traffic (needs root or CAP_NET_RAW)."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--interface", default="lo", help="interface to capture on")
         parser.add_argument("--port", type=int, default=4730, help="gearmand's port")
         parser.add_argument("--server", default=settings.HQ_SERVER_NAME,
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--buffer-mib", type=int, default=64,
                             help="kernel capture buffer: absorbs bursts the tap is slow on")
 
-    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         runner = TapRunner(opts["server"], (opts["gearman_host"], opts["port"]))
         if opts["buffer_mib"] < 1:
             raise CommandError("--buffer-mib must be at least 1")
@@ -80,7 +81,7 @@ class Command(BaseCommand):
             time.sleep(0.1)
         source.stop()
 
-    def _announce(self, source: CaptureSource, opts: dict) -> None:
+    def _announce(self, source: CaptureSource, opts: dict[str, Any]) -> None:
         """One line once tcpdump listens: scripts and tests wait for it."""
         source.ready.wait()
         sys.stderr.write(f"HQ capture ready: {opts['interface']} port {opts['port']} "

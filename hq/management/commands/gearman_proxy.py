@@ -2,13 +2,16 @@
 
 import multiprocessing
 import os
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.admin import parse_address
 from broker.launcher import run_proxy
 from broker.pipe import PipeSink, make_pipe
+from broker.proxy import Address
+from broker.shippers import ShipMode
 from hq.tap import child as tapchild
 from hq.tap.runner import TapRunner
 
@@ -16,7 +19,7 @@ from hq.tap.runner import TapRunner
 class Command(BaseCommand):
     help = "Proxy Gearman traffic to gearmand and record every job (for hosts without capture)."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--listen", default="127.0.0.1:4730", help="HOST:PORT for clients")
         parser.add_argument("--upstream", default="127.0.0.1:4731", help="gearmand HOST:PORT")
         parser.add_argument("--server", default=settings.HQ_SERVER_NAME,
@@ -26,7 +29,7 @@ class Command(BaseCommand):
             help="where copies are decoded: a child process (default: the other core), "
                  "a thread, or the event loop itself")
 
-    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         try:
             listen = parse_address(opts["listen"])
             upstream = parse_address(opts["upstream"])
@@ -42,7 +45,8 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot listen on {opts['listen']}: {exc}") from exc
 
-    def _in_process(self, listen, upstream, server, ship):  # type: ignore[no-untyped-def]
+    def _in_process(self, listen: Address, upstream: Address, server: str,
+                    ship: ShipMode) -> None:
         runner = TapRunner(server, upstream)
         runner.start()
         try:
@@ -50,7 +54,7 @@ class Command(BaseCommand):
         finally:
             runner.stop()
 
-    def _with_child(self, listen, upstream, server):  # type: ignore[no-untyped-def]
+    def _with_child(self, listen: Address, upstream: Address, server: str) -> None:
         """Forward here; parse, track and ingest in a child process (hq/tap/child.py)."""
         read_fd, write_fd = make_pipe()
         ctx = multiprocessing.get_context("fork")  # before any loop or thread exists here

@@ -1,9 +1,10 @@
 """Run the demo workload against gearmand (see hq/demo.py)."""
 
 import asyncio
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.admin import parse_address
 from hq.demo import run_demo
@@ -12,14 +13,14 @@ from hq.demo import run_demo
 class Command(BaseCommand):
     help = "Submit a realistic mix of jobs and run demo workers until stopped."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--gearman", default=settings.HQ_GEARMAN,
                             help="HOST:PORT clients use (default HQ_GEARMAN)")
         parser.add_argument("--rate", type=float, default=8.0, help="jobs per second")
         parser.add_argument("--duration", type=float, default=0,
                             help="seconds to run (0 = until Ctrl-C)")
 
-    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         if opts["rate"] <= 0:
             raise CommandError("--rate must be positive")
         host, port = parse_address(opts["gearman"])

@@ -2,8 +2,9 @@
 
 Prints KEY=value lines that `make run` appends to var/run.env.
 """
+from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from hq.models import Role
 from hq.services import ensure_user, issue_token, reset_password
@@ -12,11 +13,11 @@ from hq.services import ensure_user, issue_token, reset_password
 class Command(BaseCommand):
     help = "Create or refresh the admin login and print HQ_ADMIN_USER/PASSWORD and a token."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin")
         parser.add_argument("--password", default="", help="default: a new random one")
 
-    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         user = ensure_user(opts["username"], Role.ADMIN)
         if opts["password"]:
             user.set_password(opts["password"])

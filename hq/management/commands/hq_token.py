@@ -1,6 +1,7 @@
 """Create (or update) a user with a role and print a new API token as the last line."""
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hq.models import Role
 from hq.services import ensure_user, issue_token
@@ -9,11 +10,11 @@ from hq.services import ensure_user, issue_token
 class Command(BaseCommand):
     help = "Print a new API token for USER (created when missing) with the given role."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, help="user name")
         parser.add_argument("--role", default="viewer", help="viewer | operator | admin")
 
-    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         try:
             role = Role(opts["role"])
         except ValueError:
