@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
-from rest_framework.request import Request
 
 from hq.pagination import NewestFirst, OldestFirst
 
 from . import selectors
-from .models import Job
+from .models import Job, JobEvent
 from .serializers import JobEventSerializer, JobSerializer
 
 JOB_FILTERS = [
@@ -29,26 +29,25 @@ JOB_FILTERS = [
 
 
 @extend_schema(parameters=JOB_FILTERS)
-class JobList(generics.ListAPIView):
+class JobList(generics.ListAPIView[Job]):
     serializer_class = JobSerializer
     pagination_class = NewestFirst
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
-        request: Request = self.request  # type: ignore[assignment]
-        return selectors.search_jobs(request.query_params).select_related("boot")
+    def get_queryset(self) -> QuerySet[Job]:
+        return selectors.search_jobs(self.request.query_params).select_related("boot")
 
 
-class JobDetail(generics.RetrieveAPIView):
+class JobDetail(generics.RetrieveAPIView[Job]):
     serializer_class = JobSerializer
 
     def get_object(self) -> Job:
         return selectors.get_job(self.kwargs["pk"])
 
 
-class JobEvents(generics.ListAPIView):
+class JobEvents(generics.ListAPIView[JobEvent]):
     serializer_class = JobEventSerializer
     pagination_class = OldestFirst
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self) -> QuerySet[JobEvent]:
         job = selectors.get_job(self.kwargs["pk"])
         return selectors.job_events(job)

@@ -132,14 +132,14 @@ class Job(models.Model):
         return self.state in FINISHED_STATES
 
 
-def _bytes(value: object) -> bytes | None:
-    return bytes(value) if value is not None else None  # type: ignore[arg-type]
+def _bytes(value: bytes | memoryview | None) -> bytes | None:
+    return bytes(value) if value is not None else None
 
 
-def _stored_len(text: str | None, raw: object) -> int:
+def _stored_len(text: str | None, raw: bytes | memoryview | None) -> int:
     if text is not None:
         return len(text.encode())
-    return len(raw) if raw is not None else 0  # type: ignore[arg-type]
+    return len(raw) if raw is not None else 0
 
 
 class IngestBatch(models.Model):

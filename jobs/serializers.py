@@ -19,7 +19,7 @@ def encode(value: bytes | str | None) -> tuple[str | None, str | None]:
     return base64.b64encode(value).decode(), "base64"
 
 
-class JobSerializer(serializers.ModelSerializer):
+class JobSerializer(serializers.ModelSerializer[Job]):
     server = serializers.CharField(source="server.name")
     priority = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
@@ -63,8 +63,10 @@ class JobSerializer(serializers.ModelSerializer):
         return encode(job.result)[1]
 
 
-class JobEventSerializer(serializers.ModelSerializer):
-    data = serializers.SerializerMethodField()
+class JobEventSerializer(serializers.ModelSerializer[JobEvent]):
+    # DRF's serializer metaclass moves declared fields into ``_declared_fields``, so this
+    # field does not shadow ``Serializer.data`` at runtime; the stubs cannot express that
+    data = serializers.SerializerMethodField()  # type: ignore[assignment]
     data_encoding = serializers.SerializerMethodField()
 
     class Meta:
