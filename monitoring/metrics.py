@@ -207,7 +207,7 @@ def _encode(watermark: datetime, series: Series) -> str:
         for (server, function), t in series.items()]})
 
 
-def _decode(raw: bytes) -> tuple[datetime, Series]:
+def _decode(raw: bytes | str) -> tuple[datetime, Series]:
     data = json.loads(raw)
     series = {(s, f): Totals(sub, comp, fail, list(buckets), float(rsum))
               for s, f, sub, comp, fail, buckets, rsum in data["series"]}

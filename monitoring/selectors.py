@@ -20,7 +20,7 @@ from hq.errors import InvalidInput
 from jobs.models import Job
 
 from . import histogram
-from .models import Rollup, Server, Worker
+from .models import Rollup, Server, ServerState, Worker
 
 RANGES = {"15m": (900, 60), "1h": (3600, 60), "6h": (21600, 300), "24h": (86400, 900),
           "7d": (604800, 3600)}
@@ -33,13 +33,14 @@ def servers() -> list[dict[str, Any]]:
     now = timezone.now()
     out = []
     for s in Server.objects.select_related("state").order_by("name"):
-        state = getattr(s, "state", None)
+        state: ServerState | None = getattr(s, "state", None)  # a server never polled has none
         started = state.started_at if state else None
         out.append({
             "id": s.id, "name": s.name, "address": s.address,
             "up": bool(state and state.up), "version": state.version if state else "",
             "pid": state.pid if state else "", "started_at": started,
-            "uptime_s": int((now - started).total_seconds()) if started and state.up else None,
+            "uptime_s": (int((now - started).total_seconds())
+                         if started and state and state.up else None),
             "polled_at": state.polled_at if state else None,
             "down_since": state.down_since if state else None,
             "last_error": state.last_error if state else "",
@@ -201,12 +202,12 @@ def queue_stats(function: str, range_s: int, step_s: int,
         qs = qs.filter(server__name=server)
     for minute, sub, comp, fail, rt, wt in qs.values_list(
             "minute", "submitted", "completed", "failed", "runtime_hist", "wait_hist"):
-        b = buckets[int(minute.timestamp()) // step_s * step_s]
-        b["submitted"] += sub
-        b["completed"] += comp
-        b["failed"] += fail
-        histogram.add(b["runtime"], rt)
-        histogram.add(b["wait"], wt)
+        acc = buckets[int(minute.timestamp()) // step_s * step_s]
+        acc["submitted"] += sub
+        acc["completed"] += comp
+        acc["failed"] += fail
+        histogram.add(acc["runtime"], rt)
+        histogram.add(acc["wait"], wt)
     depth = _depths(function, start, step_s, server)
     points = []
     for t in range(start_epoch, int(now.timestamp()) + 1, step_s):
@@ -228,7 +229,8 @@ def queue_stats(function: str, range_s: int, step_s: int,
 
 
 def _depths(function: str, start: datetime, step_s: int, server: str | None) -> dict[int, int]:
-    args = {"step": step_s, "function": function, "since": start, "server": server}
+    args: dict[str, int | str | datetime | None] = {
+        "step": step_s, "function": function, "since": start, "server": server}
     with connection.cursor() as cur:
         cur.execute(DEPTH_SQL, args)
         return {int(t.timestamp()): max(d, 0) for t, d in cur.fetchall()}
