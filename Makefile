@@ -9,21 +9,31 @@ VENV  := .venv
 STAMP := $(VENV)/.stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps venv static run test pytest lint bench services status stop clean distclean
+.PHONY: help deps deps-test deps-bench venv static run test pytest lint bench services status stop clean distclean
 
 help:
 	@echo "make run        start everything (Postgres, Redis, gearmand, tap, web, Celery, demo); Ctrl-C stops it"
 	@echo "make test       lint + the whole test suite against real Postgres/Redis/gearmand"
 	@echo "make pytest     the test suite without lint (PYTEST_ARGS='-k name -x')"
 	@echo "make lint       ruff check + mypy"
-	@echo "make bench      run bench/*.py (each prints a table)"
+	@echo "make bench      run bench/*.py (each prints a table; installs the PHP and CLI Gearman clients)"
 	@echo "make services   start Postgres/Redis (private ones under var/ when needed) and leave them up"
 	@echo "make status     what answers where; make stop  stop everything started under var/"
-	@echo "make deps       install missing Debian packages (root); make venv  .venv + pip install -e '.[dev]'"
+	@echo "make deps       the Debian packages make run needs (installed as root, else named);"
+	@echo "                make deps-test  also the test-only ones (Chromium, PHP/Perl/CLI clients)"
+	@echo "make venv       .venv + pip install -e '.[dev]'"
 	@echo "make clean      stop + remove var/ and caches; make distclean  also .venv"
 
+# make run needs only deps (what the product runs); make test and pytest add deps-test
+# (Chromium, PHP/Perl/CLI Gearman clients); make bench needs the PHP and CLI clients.
 deps:
-	@bash scripts/bootstrap.sh deps
+	@bash scripts/bootstrap.sh deps run
+
+deps-test:
+	@bash scripts/bootstrap.sh deps test
+
+deps-bench:
+	@bash scripts/bootstrap.sh deps bench
 
 venv: $(STAMP)
 
@@ -38,18 +48,18 @@ static: venv
 run: deps venv static
 	@bash scripts/run.sh
 
-test: deps venv static
+test: deps-test venv static
 	@$(MAKE) --no-print-directory lint
 	@bash scripts/test.sh
 
-pytest: deps venv static
+pytest: deps-test venv static
 	@bash scripts/test.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: deps venv
+bench: deps-bench venv
 	@bash scripts/bench.sh
 
 services: deps venv

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# System packages and the Python virtualenv.
+# System packages and the Python virtualenv, at the level each make target needs.
 #
-#   bash scripts/bootstrap.sh deps   install missing Debian packages (root), or name them
-#   bash scripts/bootstrap.sh venv   create .venv (python3.11) and pip install -e '.[dev]'
+#   bash scripts/bootstrap.sh deps run    Debian packages make run needs (gearmand, tcpdump,
+#                                         npm, Postgres/Redis clients; servers when none answers)
+#   bash scripts/bootstrap.sh deps bench  run's + the Gearman clients bench/ drives (PHP, CLI)
+#   bash scripts/bootstrap.sh deps test   run's + what only the tests use (PHP, Perl and CLI
+#                                         Gearman clients, Chromium)
+#   bash scripts/bootstrap.sh venv        create .venv (python3.11) and pip install -e '.[dev]'
+#
+# deps installs what is missing when root (without Recommends), else names it and stops.
 #
 # Env: HQ_SKIP_DEPS=1 skips the package check; PYTHON picks the interpreter (default
 # python3.11, else python3 when it is 3.11).
@@ -17,8 +23,8 @@ apt_install() {
         apt-get update -qq
         APT_UPDATED=1
     fi
-    say "apt-get install -y $*"
-    apt-get install -y -q "$@"
+    say "apt-get install -y --no-install-recommends $*"
+    apt-get install -y -q --no-install-recommends "$@"
 }
 
 pkg_installed() {
@@ -27,13 +33,15 @@ pkg_installed() {
 
 # ---------------------------------------------------------------- deps
 MISSING=()
-want() { # want PACKAGE: add once
-    local p
-    for p in "${MISSING[@]+"${MISSING[@]}"}"; do [ "$p" = "$1" ] && return 0; done
-    MISSING+=("$1")
+declare -A WHY=() # package -> what needs it
+want() { # want PACKAGE WHY: add once
+    if [ -z "${WHY[$1]+set}" ]; then
+        MISSING+=("$1")
+        WHY[$1]="$2"
+    fi
 }
-need_cmd() { have "$1" || want "$2"; }
-need_pkg() { pkg_installed "$1" || want "$1"; }
+need_cmd() { have "$1" || want "$2" "$3"; } # need_cmd COMMAND PACKAGE WHY
+need_pkg() { pkg_installed "$1" || want "$1" "$2"; }
 
 # A Postgres we can use without installing a server: $DATABASE_URL, the standard local
 # one, or our private one already running.
@@ -53,45 +61,77 @@ redis_reachable() {
     return 1
 }
 
+# What make run itself runs (scripts/run.sh, scripts/services.sh, vendor_static.sh). The
+# demo workload is pure Python (broker.client): it needs no PHP, Perl or CLI client.
+want_run() {
+    need_cmd gearmand gearman-job-server "the Gearman job server make run starts"
+    need_cmd tcpdump tcpdump "the capture tap (else make run falls back to the proxy)"
+    need_cmd npm npm "fetches htmx and uPlot into static/vendor/"
+    need_cmd pg_isready postgresql-client "Postgres probes and createdb"
+    need_cmd psql postgresql-client "Postgres probes and createdb"
+    need_cmd createdb postgresql-client "Postgres probes and createdb"
+    need_cmd redis-cli redis-tools "Redis probes"
+    if ! postgres_reachable; then
+        [ -x "$(pg_bindir)/initdb" ] || want postgresql "a private Postgres under var/ (none answers)"
+        compgen -G '/usr/share/postgresql/*/extension/pg_trgm.control' >/dev/null ||
+            want postgresql-contrib "pg_trgm for the private Postgres"
+    fi
+    if ! redis_reachable; then
+        need_cmd redis-server redis-server "a private Redis under var/ (none answers)"
+    fi
+}
+
+# Real PHP clients and workers (php-gearman): tests/interop and bench/tap.py, bench/live.py.
+want_php() {
+    need_cmd php php-cli "$1"
+    need_pkg php-gearman "$1"
+}
+
+want_level() {
+    case "$1" in
+    run) want_run ;;
+    bench)
+        want_run
+        want_php "PHP Gearman clients and workers of bench/"
+        need_cmd gearman gearman-tools "the gearman CLI of bench/proxy_echo.py"
+        ;;
+    test)
+        want_run
+        want_php "PHP client interop tests"
+        need_pkg libgearman-client-perl "Perl client interop tests"
+        need_cmd gearman gearman-tools "gearman/gearadmin CLI tests"
+        need_cmd gearadmin gearman-tools "gearman/gearadmin CLI tests"
+        need_cmd chromium chromium "browser tests (Playwright drives Debian's Chromium)"
+        ;;
+    *) die "unknown level '$1' (run, bench or test)" ;;
+    esac
+}
+
 cmd_deps() {
+    local level="$1" target p
+    target="make $level"
+    [ "$level" = test ] && target="make test/pytest"
     if [ "${HQ_SKIP_DEPS:-0}" = 1 ]; then
         say "HQ_SKIP_DEPS=1: not checking system packages"
         return 0
     fi
-    need_cmd gearmand gearman-job-server
-    need_cmd gearman gearman-tools
-    need_cmd gearadmin gearman-tools
-    need_cmd tcpdump tcpdump
-    need_cmd php php-cli
-    need_pkg php-gearman
-    need_pkg libgearman-client-perl
-    need_cmd chromium chromium
-    need_cmd npm npm
-    need_cmd pg_isready postgresql-client
-    need_cmd psql postgresql-client
-    need_cmd createdb postgresql-client
-    need_cmd redis-cli redis-tools
-    if ! postgres_reachable; then
-        [ -x "$(pg_bindir)/initdb" ] || want postgresql
-        compgen -G '/usr/share/postgresql/*/extension/pg_trgm.control' >/dev/null ||
-            want postgresql-contrib
-    fi
-    if ! redis_reachable; then
-        need_cmd redis-server redis-server
-    fi
+    want_level "$level"
     if [ "${#MISSING[@]}" -eq 0 ]; then
-        say "system packages: all present"
+        say "system packages for $target: all present"
         return 0
     fi
     if ! is_root; then
-        die "missing system packages: ${MISSING[*]}
-       install them with:  sudo apt-get install -y ${MISSING[*]}
+        die "missing system packages for $target: ${MISSING[*]}
+       install them with:  sudo apt-get install -y --no-install-recommends ${MISSING[*]}
        (or run make as root, which installs them)"
     fi
     have apt-get || die "missing system packages (${MISSING[*]}) and no apt-get: this needs Debian 12"
-    say "installing missing system packages: ${MISSING[*]}"
+    say "installing the system packages $target needs:"
+    for p in "${MISSING[@]}"; do
+        note "$(printf '%-24s %s' "$p" "${WHY[$p]}")"
+    done
     apt_install "${MISSING[@]}"
-    if have php && ! php -m 2>/dev/null | grep -qi '^gearman$'; then
+    if [ -n "${WHY[php-gearman]+set}" ] && have php && ! php -m 2>/dev/null | grep -qi '^gearman$'; then
         warn "php-gearman is installed but the gearman module is not loaded by php-cli"
         if have phpenmod; then phpenmod gearman || true; fi
     fi
@@ -143,7 +183,7 @@ cmd_venv() {
 }
 
 case "${1:-}" in
-deps) cmd_deps ;;
+deps) cmd_deps "${2:-run}" ;;
 venv) cmd_venv ;;
-*) die "usage: $0 deps|venv" ;;
+*) die "usage: $0 deps [run|bench|test] | venv" ;;
 esac
