@@ -5,15 +5,18 @@ SHELL := /bin/bash
 .NOTPARALLEL:
 .DELETE_ON_ERROR:
 
-VENV  := .venv
-STAMP := $(VENV)/.stamp
+VENV      := .venv
+STAMP_RUN := $(VENV)/.stamp-run
+STAMP_DEV := $(VENV)/.stamp-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps deps-test deps-bench venv static run test pytest lint bench services status stop clean distclean
+.PHONY: help deps deps-test deps-bench venv venv-dev static run test pytest lint bench services status stop clean distclean
 
 help:
-	@echo "make run        start everything (Postgres, Redis, gearmand, tap, web, Celery, demo); Ctrl-C stops it"
-	@echo "make test       lint + the whole test suite against real Postgres/Redis/gearmand"
+	@echo "make run        install what running needs, start everything (Postgres, Redis, gearmand,"
+	@echo "                tap, web, Celery, demo); Ctrl-C stops it"
+	@echo "make test       also install the test tools, then lint + the whole test suite against real"
+	@echo "                Postgres/Redis/gearmand"
 	@echo "make pytest     the test suite without lint (PYTEST_ARGS='-k name -x')"
 	@echo "make lint       ruff check + mypy"
 	@echo "make bench      run bench/*.py (each prints a table; installs the PHP and CLI Gearman clients)"
@@ -21,11 +24,14 @@ help:
 	@echo "make status     what answers where; make stop  stop everything started under var/"
 	@echo "make deps       the Debian packages make run needs (installed as root, else named);"
 	@echo "                make deps-test  also the test-only ones (Chromium, PHP/Perl/CLI clients)"
-	@echo "make venv       .venv + pip install -e '.[dev]'"
+	@echo "make venv       .venv + pip install -e . (runtime deps); make venv-dev  pip install -e '.[dev]'"
+	@echo "                (also pytest, Playwright, ruff, mypy)"
 	@echo "make clean      stop + remove var/ and caches; make distclean  also .venv"
 
-# make run needs only deps (what the product runs); make test and pytest add deps-test
-# (Chromium, PHP/Perl/CLI Gearman clients); make bench needs the PHP and CLI clients.
+# Two levels. make run needs only deps + venv (what the product runs); make test, pytest
+# and lint add the test tools: deps-test (Chromium, PHP/Perl/CLI Gearman clients) and
+# venv-dev ('.[dev]': pytest, Playwright, ruff, mypy...). make bench needs the PHP and CLI
+# clients but no test tools.
 deps:
 	@bash scripts/bootstrap.sh deps run
 
@@ -35,27 +41,35 @@ deps-test:
 deps-bench:
 	@bash scripts/bootstrap.sh deps bench
 
-venv: $(STAMP)
+venv: $(STAMP_RUN)
 
-# Re-install only when pyproject.toml is newer than the stamp.
-$(STAMP): pyproject.toml
-	@bash scripts/bootstrap.sh venv
+venv-dev: $(STAMP_DEV)
+
+# Each level re-installs only when pyproject.toml is newer than its stamp. A dev install
+# touches both stamps ('.[dev]' includes the runtime dependencies), so make run after
+# make test installs nothing; make test after make run adds the dev extras.
+$(STAMP_RUN): pyproject.toml
+	@bash scripts/bootstrap.sh venv run
+
+$(STAMP_DEV): pyproject.toml
+	@bash scripts/bootstrap.sh venv dev
 
 # Front-end libraries from the npm registry, copied into static/vendor/ (not committed).
+# (After venv-dev in test's prerequisites: a dev install has already satisfied venv.)
 static: venv
 	@bash scripts/vendor_static.sh
 
 run: deps venv static
 	@bash scripts/run.sh
 
-test: deps-test venv static
+test: deps-test venv-dev static
 	@$(MAKE) --no-print-directory lint
 	@bash scripts/test.sh
 
-pytest: deps-test venv static
+pytest: deps-test venv-dev static
 	@bash scripts/test.sh
 
-lint: venv
+lint: venv-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -6,9 +6,13 @@
 #   bash scripts/bootstrap.sh deps bench  run's + the Gearman clients bench/ drives (PHP, CLI)
 #   bash scripts/bootstrap.sh deps test   run's + what only the tests use (PHP, Perl and CLI
 #                                         Gearman clients, Chromium)
-#   bash scripts/bootstrap.sh venv        create .venv (python3.11) and pip install -e '.[dev]'
+#   bash scripts/bootstrap.sh venv run    .venv (python3.11) + pip install -e .  (runtime deps)
+#   bash scripts/bootstrap.sh venv dev    .venv + pip install -e '.[dev]' (also the test and lint tools)
 #
 # deps installs what is missing when root (without Recommends), else names it and stops.
+# venv leaves .venv/.stamp-run (and, for dev, .venv/.stamp-dev too: '.[dev]' includes the
+# runtime deps) behind; the Makefile reinstalls a level when pyproject.toml is newer than
+# its stamp.
 #
 # Env: HQ_SKIP_DEPS=1 skips the package check; PYTHON picks the interpreter (default
 # python3.11, else python3 when it is 3.11).
@@ -152,7 +156,19 @@ find_python() {
 }
 
 cmd_venv() {
-    local py
+    local level="$1" py spec shown what stamp reason
+    case "$level" in
+    run)
+        spec="." shown="."
+        what="runtime dependencies only; make test/lint add the test tools"
+        ;;
+    dev)
+        spec=".[dev]" shown="'.[dev]'"
+        what="also the test and lint tools: pytest, Playwright, ruff, mypy, stubs"
+        ;;
+    *) die "unknown level '$level' (run or dev)" ;;
+    esac
+    stamp="$HQ_VENV/.stamp-$level"
     if ! py="$(find_python)"; then
         if is_root && have apt-get; then
             apt_install python3.11 python3.11-venv python3.11-dev
@@ -164,7 +180,19 @@ cmd_venv() {
     fi
     cd "$HQ_ROOT"
     if [ -x "$HQ_PY" ] && is_py311 "$HQ_PY"; then
-        say "virtualenv .venv exists ($("$HQ_PY" --version))"
+        # A venv made before the two levels: its .stamp meant '.[dev]' was installed.
+        if [ -f "$HQ_VENV/.stamp" ] && [ "$HQ_VENV/.stamp" -nt pyproject.toml ]; then
+            touch "$HQ_VENV/.stamp-run" "$HQ_VENV/.stamp-dev"
+            rm -f "$HQ_VENV/.stamp"
+            say "virtualenv .venv already has '.[dev]' for this pyproject.toml: nothing to install"
+            return 0
+        fi
+        if [ -f "$stamp" ] || [ -f "$HQ_VENV/.stamp" ]; then
+            reason="pyproject.toml changed"
+        else
+            reason="not installed yet"
+        fi
+        rm -f "$HQ_VENV/.stamp"
     else
         say "creating .venv with $py ($("$py" --version))"
         if ! "$py" -m venv --clear "$HQ_VENV"; then
@@ -175,15 +203,18 @@ cmd_venv() {
                 die "'$py -m venv' failed: install python3.11-venv"
             fi
         fi
+        reason="new virtualenv"
     fi
-    say "pip install -e '.[dev]' (pyproject.toml changed or new venv)"
-    "$HQ_PY" -m pip install -q -e '.[dev]'
-    touch "$HQ_VENV/.stamp"
-    say "virtualenv ready: .venv"
+    say "pip install -e $shown ($what; $reason)"
+    "$HQ_PY" -m pip install -q -e "$spec"
+    # '.[dev]' includes the runtime dependencies: a dev install satisfies run too.
+    touch "$HQ_VENV/.stamp-run"
+    [ "$level" = dev ] && touch "$HQ_VENV/.stamp-dev"
+    say "virtualenv ready: .venv ($level)"
 }
 
 case "${1:-}" in
 deps) cmd_deps "${2:-run}" ;;
-venv) cmd_venv ;;
-*) die "usage: $0 deps [run|bench|test] | venv" ;;
+venv) cmd_venv "${2:-run}" ;;
+*) die "usage: $0 deps [run|bench|test] | venv [run|dev]" ;;
 esac

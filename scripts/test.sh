@@ -10,7 +10,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 cd "$HQ_ROOT"
 
-[ -x "$HQ_PY" ] || die "no virtualenv: run make test (or make venv) instead of this script"
+[ -x "$HQ_PY" ] || die "no virtualenv: run make test (or make venv-dev) instead of this script"
+# make run installs only the runtime dependencies; the test tools come with make venv-dev.
+"$HQ_PY" -c 'import pytest' 2>/dev/null ||
+    die ".venv has no pytest (make run installs only the runtime dependencies): run make test, or make venv-dev"
 
 trap services_stop_started EXIT
 trap 'exit 130' INT
