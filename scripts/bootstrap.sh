@@ -44,7 +44,8 @@ want() { # want PACKAGE WHY: add once
         WHY[$1]="$2"
     fi
 }
-need_cmd() { have "$1" || want "$2" "$3"; } # need_cmd COMMAND PACKAGE WHY
+# need_cmd COMMAND PACKAGE WHY (also in /usr/sbin: gearmand, which a non-root PATH lacks)
+need_cmd() { have "$1" || [ -x "/usr/sbin/$1" ] || want "$2" "$3"; }
 need_pkg() { pkg_installed "$1" || want "$1" "$2"; }
 
 # A Postgres we can use without installing a server: $DATABASE_URL, the standard local

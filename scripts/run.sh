@@ -178,11 +178,13 @@ say "tap mode: $HQ_TAP_MODE ($TAP_REASON)"
 if gear_answers "$GD_HOST" "$GD_PORT"; then
     say "gearmand: one already answers on $GD_HOST:$GD_PORT; using it (it will not be stopped)"
 else
-    have gearmand || die "gearmand not installed (apt-get install gearman-job-server)"
+    # Debian puts gearmand in /usr/sbin, which a non-root PATH often lacks.
+    GEARMAND_BIN="$(PATH="$PATH:/usr/sbin:/sbin" command -v gearmand)" ||
+        die "gearmand not installed (make deps as root, or: sudo apt-get install gearman-job-server)"
     tcp_open "$GD_HOST" "$GD_PORT" && die "$GD_HOST:$GD_PORT is in use by something that is not gearmand"
     say "starting gearmand on $GD_HOST:$GD_PORT"
     # shellcheck disable=SC2086 # HQ_GEARMAND_ARGS is a list of flags
-    start_bg gearmand gearmand --listen="$GD_HOST" --port="$GD_PORT" --log-file=stderr \
+    start_bg gearmand "$GEARMAND_BIN" --listen="$GD_HOST" --port="$GD_PORT" --log-file=stderr \
         --pid-file="$HQ_RUN/gearmand-own.pidfile" --verbose=WARNING ${HQ_GEARMAND_ARGS:-}
     for ((i = 0; i < 50; i++)); do
         gear_answers "$GD_HOST" "$GD_PORT" && break
