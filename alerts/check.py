@@ -32,9 +32,9 @@ def check(function: str, metric: str, warning: float, critical: float, *,
         server_id = Server.objects.filter(name=server).values_list("id", flat=True).first()
         if server_id is None:
             return CheckResult(UNKNOWN, f"{label} UNKNOWN - no server named {server!r}")
-    values = [(fn, m.get(key)) for (sid, fn), m in metric_values.alert_metrics({window}).items()
-              if rule.matches(fn) and (server_id is None or sid == server_id)]
-    values = [(fn, v) for fn, v in values if v is not None]
+    found = [(fn, m.get(key)) for (sid, fn), m in metric_values.alert_metrics({window}).items()
+             if rule.matches(fn) and (server_id is None or sid == server_id)]
+    values = [(fn, v) for fn, v in found if v is not None]
     if not values:
         return CheckResult(UNKNOWN, f"{label} UNKNOWN - no data for {function!r}")
     fn, value = (min if below else max)(values, key=lambda item: item[1])

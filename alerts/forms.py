@@ -9,9 +9,10 @@ turns the posted strings into the JSON-like values the API would receive.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from django import forms
+from django.db import models
 from rest_framework import serializers
 
 from jobs.models import Server
@@ -41,12 +42,15 @@ class Raw(forms.Field):
         super().__init__(**kwargs)
 
 
-class _SerializerForm(forms.Form):
-    serializer_class: type[serializers.ModelSerializer]
+M = TypeVar("M", bound=models.Model)
 
-    def __init__(self, *args: Any, instance: Any = None, **kwargs: Any) -> None:
+
+class _SerializerForm(forms.Form, Generic[M]):
+    serializer_class: type[serializers.ModelSerializer[M]]
+
+    def __init__(self, *args: Any, instance: M | None = None, **kwargs: Any) -> None:
         self.instance = instance
-        self._serializer: serializers.ModelSerializer | None = None
+        self._serializer: serializers.ModelSerializer[M] | None = None
         super().__init__(*args, **kwargs)
 
     def payload(self) -> dict[str, Any]:
@@ -62,7 +66,7 @@ class _SerializerForm(forms.Form):
         self._serializer = serializer
         return self.cleaned_data
 
-    def save(self) -> Any:
+    def save(self) -> M:
         assert self._serializer is not None and not self.errors
         return self._serializer.save()
 
@@ -78,7 +82,7 @@ def _number(raw: Any) -> Any:
     return raw
 
 
-class RuleForm(_SerializerForm):
+class RuleForm(_SerializerForm[Rule]):
     serializer_class = RuleSerializer
 
     name = Raw(widget=forms.TextInput(attrs={
@@ -152,7 +156,7 @@ class RuleForm(_SerializerForm):
         return WINDOWED
 
 
-class ChannelForm(_SerializerForm):
+class ChannelForm(_SerializerForm[Channel]):
     serializer_class = ChannelSerializer
 
     name = Raw(widget=forms.TextInput(attrs={

@@ -5,9 +5,10 @@ and the queue and worker rows an alert stored when it fired."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, cast
 from urllib.parse import unquote
 
 import apprise
@@ -22,7 +23,38 @@ from monitoring.presenters import queue_row, worker_row
 
 from . import selectors
 from .metric_values import NEVER_S
-from .models import Alert, Metric
+from .models import Alert, Channel, Metric, Notification
+from .selectors import ChannelDelivery
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class AlertTexts(TypedDict):
+    """What :func:`shape_alert` attaches to an alert for the templates."""
+
+    value_text: str
+    peak_text: str
+    threshold_text: str
+    age_ms: float
+    silenced: bool
+
+
+class ChannelTexts(ChannelDelivery):
+    """What :func:`shape_channel` attaches to a channel from ``channels_with_delivery``."""
+
+    shown_url: str
+    error_text: str
+
+
+class NotificationTexts(TypedDict):
+    error_text: str
+
+
+if TYPE_CHECKING:
+    ShownAlert: TypeAlias = WithAnnotations[Alert, AlertTexts]
+    ShownChannel: TypeAlias = WithAnnotations[Channel, ChannelTexts]
+    ShownNotification: TypeAlias = WithAnnotations[Notification, NotificationTexts]
 
 STRIP_ROWS = 5
 _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ - [A-Z]+ - ")
@@ -57,21 +89,37 @@ def masked_url(url: str) -> str:
     return unquote(plugin.url(privacy=True).split("?", 1)[0])
 
 
-def shape_alert(alert: Alert, now: datetime) -> Alert:
+def shape_alert(alert: Alert, now: datetime) -> ShownAlert:
     """Attach what the templates show: values in the metric's unit, how long, silenced."""
     rule = alert.rule
-    alert.value_text = metric_text(rule.metric, alert.value)  # type: ignore[attr-defined]
-    alert.peak_text = metric_text(rule.metric, alert.peak)  # type: ignore[attr-defined]
-    alert.threshold_text = metric_text(rule.metric, rule.threshold)  # type: ignore[attr-defined]
+    shown = cast("ShownAlert", alert)  # the same object, with the attributes set below
+    shown.value_text = metric_text(rule.metric, alert.value)
+    shown.peak_text = metric_text(rule.metric, alert.peak)
+    shown.threshold_text = metric_text(rule.metric, rule.threshold)
     end = alert.resolved_at or now
-    alert.age_ms = (end - alert.started_at).total_seconds() * 1000  # type: ignore[attr-defined]
-    alert.silenced = bool(alert.silenced_until and alert.silenced_until > now)  # type: ignore[attr-defined]
-    return alert
+    shown.age_ms = (end - alert.started_at).total_seconds() * 1000
+    shown.silenced = bool(alert.silenced_until and alert.silenced_until > now)
+    return shown
 
 
-def shape_alerts(alerts: Any) -> list[Alert]:
+def shape_alerts(alerts: Iterable[Alert]) -> list[ShownAlert]:
     now = timezone.now()
     return [shape_alert(a, now) for a in alerts]
+
+
+def shape_channel(channel: WithAnnotations[Channel, ChannelDelivery]) -> ShownChannel:
+    """A channel from ``selectors.channels_with_delivery`` with its URL masked and its
+    latest error readable."""
+    shown = cast("ShownChannel", channel)
+    shown.shown_url = masked_url(channel.url)
+    shown.error_text = clean_error(channel.last_error)
+    return shown
+
+
+def shape_notification(note: Notification) -> ShownNotification:
+    shown = cast("ShownNotification", note)
+    shown.error_text = clean_error(note.last_error)
+    return shown
 
 
 class FiringAlerts:
@@ -91,7 +139,7 @@ class FiringAlerts:
         return selectors.firing_count() if self.visible else 0
 
     @cached_property
-    def rows(self) -> list[Alert]:
+    def rows(self) -> list[ShownAlert]:
         if not self.count:
             return []
         return shape_alerts(selectors.firing_alerts()[:STRIP_ROWS])

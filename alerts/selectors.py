@@ -4,7 +4,7 @@ channels with how their deliveries went. The pages and the API call these."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
@@ -14,6 +14,9 @@ from hq.errors import InvalidInput
 
 from .metric_values import WINDOWED
 from .models import Alert, Channel, Metric, Notification, Rule, RuleState
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 SEVERITY_RANK = Case(When(rule__severity="critical", then=Value(0)),
                      When(rule__severity="warning", then=Value(1)),
@@ -77,7 +80,18 @@ def rule_rows(qs: QuerySet[Rule] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def channels_with_delivery() -> QuerySet[Channel]:
+class ChannelDelivery(TypedDict):
+    """What :func:`channels_with_delivery` annotates each channel with."""
+
+    rule_count: int
+    failing: int
+    last_status: str | None
+    last_attempts: int | None
+    last_error: str | None
+    last_at: datetime | None
+
+
+def channels_with_delivery() -> QuerySet[WithAnnotations[Channel, ChannelDelivery]]:
     """Channels with how many rules use them, their latest message's outcome, and how
     many messages are failing (retrying, or given up on in the last 24 h)."""
     last = Notification.objects.filter(channel=OuterRef("pk")).order_by("-created_at", "-id")

@@ -28,7 +28,7 @@ class StrictString(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class RuleSerializer(serializers.ModelSerializer):
+class RuleSerializer(serializers.ModelSerializer[Rule]):
     metric = serializers.ChoiceField(choices=Metric.choices)
     operator = serializers.ChoiceField(choices=list(OPERATORS))
     severity = serializers.ChoiceField(choices=Severity.choices, default=Severity.WARNING)
@@ -55,7 +55,7 @@ class RuleSerializer(serializers.ModelSerializer):
         return value
 
 
-class AlertSerializer(serializers.ModelSerializer):
+class AlertSerializer(serializers.ModelSerializer[Alert]):
     rule = serializers.SerializerMethodField()
     server = serializers.CharField(source="server.name", default=None)
     acknowledged_by = serializers.CharField(source="acknowledged_by.username", default=None)
@@ -75,11 +75,11 @@ class AlertDetailSerializer(AlertSerializer):
         fields = [*AlertSerializer.Meta.fields, "snapshot"]
 
 
-class AckSerializer(serializers.Serializer):
+class AckSerializer(serializers.Serializer[None]):
     silence_seconds = serializers.IntegerField(min_value=0, max_value=7 * 86400, default=0)
 
 
-class ChannelSerializer(serializers.ModelSerializer):
+class ChannelSerializer(serializers.ModelSerializer[Channel]):
     class Meta:
         model = Channel
         fields = ["id", "name", "url", "enabled", "created_at"]

@@ -11,6 +11,7 @@ import bisect
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
@@ -27,6 +28,8 @@ from . import metric_values
 from .models import Alert, Channel, Notification, Rule, RuleState
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
     from .delivery import SendResult
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,8 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
               for s in RuleState.objects.filter(rule__in=rules)}
     matcher = QueueMatcher(values)
     by_rule: dict[int, dict[tuple[int | None, str], RuleState]] = {}
-    for (rid, sid, function), state in states.items():
-        by_rule.setdefault(rid, {})[(sid, function)] = state
+    for (rid, sid, function), rule_state in states.items():
+        by_rule.setdefault(rid, {})[(sid, function)] = rule_state
     result = TickResult(rules=len(rules))
     new_states: list[RuleState] = []
     dirty: list[RuleState] = []
@@ -121,10 +124,11 @@ SNAPSHOT_WORKERS = 100
 
 
 def _snapshot(server_id: int | None, function: str,
-              cache: dict[int | None, dict[str, Any]]) -> dict:
+              cache: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
     """What the queues and workers looked like when the alert fired (JSON-safe)."""
     if server_id not in cache:  # read once per server per tick, however many fire
-        name = Server.objects.filter(pk=server_id).values_list("name", flat=True).first()
+        name = (Server.objects.filter(pk=server_id).values_list("name", flat=True).first()
+                if server_id is not None else None)  # no server: every server's queues
         queues = sorted(({k: v for k, v in row.items() if k != "sparkline"}
                          for row in monitoring.queues(name)),
                         key=lambda q: -(q["queued"] or 0))
@@ -195,7 +199,7 @@ def _fire_all(fired: list[tuple[Rule, RuleState, float]], now: datetime,
 
 
 def _resolve(rule: Rule, state: RuleState, now: datetime) -> Alert | None:
-    alert = (Alert.objects.filter(rule=rule, server_id=state.server_id,
+    alert = (Alert.objects.filter(rule=rule, server=state.server_id,
                                   function=state.function, state=Alert.FIRING)
              .order_by("-started_at").first())
     if alert is None:
@@ -212,10 +216,10 @@ def _resolve(rule: Rule, state: RuleState, now: datetime) -> Alert | None:
 
 def _announce(alert: Alert, rule: Rule) -> None:
     """Live pages hear of it once the transaction that made it commits."""
-    message = {"rule": rule.name, "state": alert.state, "function": alert.function,
-               "server": alert.server.name if alert.server else "", "value": alert.value,
-               "id": alert.id, "severity": rule.severity}
-    transaction.on_commit(lambda: live.alert(**message))
+    transaction.on_commit(partial(
+        live.alert, rule=rule.name, state=alert.state, function=alert.function,
+        server=alert.server.name if alert.server else "", value=alert.value, id=alert.id,
+        severity=rule.severity))
 
 
 def _message(alert: Alert, kind: str) -> tuple[str, str]:
@@ -257,7 +261,7 @@ def _repeat_notifications(now: datetime) -> None:
         Alert.objects.filter(pk=alert.pk).update(last_notified_at=now)
 
 
-def acknowledge(alert_id: int, user: Any, silence_s: int = 0) -> Alert:
+def acknowledge(alert_id: int, user: User, silence_s: int = 0) -> Alert:
     alert = Alert.objects.filter(pk=alert_id).first()
     if alert is None:
         raise NotFound(f"No alert with id {alert_id}.")

@@ -6,7 +6,7 @@ from . import delivery, services
 
 
 @shared_task
-def evaluate_alerts() -> dict:
+def evaluate_alerts() -> dict[str, int]:
     result = services.evaluate()
     if result.fired or result.resolved:
         deliver_notifications.delay()

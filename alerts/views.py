@@ -8,7 +8,9 @@ admins see and manage channels (they hold webhook tokens and passwords).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
@@ -27,6 +29,12 @@ from . import presenters, selectors, services
 from .forms import ChannelForm, RuleForm
 from .models import Channel, Metric, Rule
 from .serializers import AckSerializer
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 HISTORY_LIMIT = 100
 SILENCE_S = 3600
@@ -70,8 +78,9 @@ def alert_ack(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     body = AckSerializer(data={"silence_seconds": request.POST.get("silence_seconds") or 0})
     silence = body.validated_data["silence_seconds"] if body.is_valid() else 0
     note = ""
+    user = cast("User", request.user)  # operator_required let only operators in
     try:
-        services.acknowledge(pk, request.user, silence)
+        services.acknowledge(pk, user, silence)
     except NotFound as exc:
         raise Http404(exc.message) from None
     except Conflict as exc:
@@ -113,9 +122,7 @@ def alert_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if alert is None:
         raise Http404(f"No alert with id {pk}.")
     presenters.shape_alert(alert, timezone.now())
-    notes = selectors.notifications(alert)
-    for n in notes:
-        n.error_text = presenters.clean_error(n.last_error)  # type: ignore[attr-defined]
+    notes = [presenters.shape_notification(n) for n in selectors.notifications(alert)]
     queues = [presenters.snapshot_queue(q, alert) for q in alert.snapshot.get("queues", [])]
     workers = [presenters.snapshot_worker(w, alert.started_at)
                for w in alert.snapshot.get("workers", [])]
@@ -191,7 +198,7 @@ def rule_toggle(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return redirect(f"{reverse('alert-list')}#rule-{pk}")
 
 
-def _or_404(service, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _or_404(service: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return service(*args, **kwargs)
     except NotFound as exc:
@@ -212,10 +219,7 @@ def channel_list(request: HttpRequest) -> HttpResponse:
             return redirect(f"{reverse('channel-list')}#channel-{channel.pk}")
     else:
         form = ChannelForm()
-    channels = list(selectors.channels_with_delivery())
-    for c in channels:
-        c.shown_url = presenters.masked_url(c.url)  # type: ignore[attr-defined]
-        c.error_text = presenters.clean_error(c.last_error)  # type: ignore[attr-defined]
+    channels = [presenters.shape_channel(c) for c in selectors.channels_with_delivery()]
     context = {"form": form, "channels": channels}
     return render(request, "alerts/channels.html", context,
                   status=400 if form.is_bound and form.errors else 200)

@@ -2,8 +2,9 @@
 --warning 100 --critical 500`` prints one status line with perfdata and exits 0/1/2/3."""
 
 import sys
+from typing import Any, NoReturn
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from alerts.check import UNKNOWN, check
 
@@ -11,7 +12,7 @@ from alerts.check import UNKNOWN, check
 class Command(BaseCommand):
     help = "Check one HQ metric like a Nagios plugin (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--function", default="*", help="function name or glob")
         parser.add_argument("--metric", default="queue_depth")
         parser.add_argument("--warning", type=float, required=True)
@@ -22,19 +23,20 @@ class Command(BaseCommand):
                             help="seconds, for failure_rate, runtime_p95, drain_time")
         parser.add_argument("--server", default=None)
 
-    def create_parser(self, prog_name, subcommand, **kwargs):  # type: ignore[no-untyped-def]
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         """Bad arguments are UNKNOWN (3) to Nagios, not argparse's 2 (CRITICAL)."""
         parser = super().create_parser(prog_name, subcommand, **kwargs)
 
-        def error(message: str) -> None:
+        def error(message: str) -> NoReturn:
             parser.print_usage(sys.stderr)
             self.stdout.write(f"HQ UNKNOWN - bad arguments: {message}")
             sys.exit(UNKNOWN)
 
+        # argparse has no hook for a usage error's exit code: replace this parser's method
         parser.error = error  # type: ignore[method-assign]
         return parser
 
-    def handle(self, *args, **opts):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         try:
             result = check(opts["function"], opts["metric"], opts["warning"], opts["critical"],
                            below=opts["below"], window=opts["window"], server=opts["server"])
