@@ -9,6 +9,7 @@ turns the posted strings into the JSON-like values the API would receive.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from django import forms
@@ -117,7 +118,7 @@ class RuleForm(_SerializerForm[Rule]):
         self.fields["channels"].widget.choices = [(str(c.pk), c.name) for c in self.channel_list]
 
     @classmethod
-    def initial_from(cls, params: Any) -> dict[str, Any]:
+    def initial_from(cls, params: Mapping[str, str]) -> dict[str, Any]:
         """A new rule prefilled from the query string (the queue page's "Alert on this
         queue" sends ``?metric=queue_depth&function=resize``); unknown keys are ignored."""
         keep = ("name", "metric", "function", "server", "operator", "threshold",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
@@ -28,6 +28,9 @@ from hq.models import Role
 from hq.roles import has_role
 
 from . import live
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractUser, AnonymousUser
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -66,7 +69,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self.close(code=code)
 
-    async def _user(self) -> Any:
+    async def _user(self) -> AbstractUser | AnonymousUser | None:
         token = self._token()
         if token:
             return await database_sync_to_async(user_for_token)(token)

@@ -11,16 +11,18 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec
 
 from django.conf import settings
 
-from broker.admin import AdminClient, AdminError
+from broker.admin import AdminClient, AdminError, FunctionStatus, WorkerLine
 from broker.tap import TapSink, make_tap
 from jobs.ingest import EventWriter, conninfo_from_settings
 from monitoring import live
 
 log = logging.getLogger("hq.tap")
+P = ParamSpec("P")
 STATS_TO_REDIS_S = 5.0
 
 
@@ -50,12 +52,12 @@ class TapRunner:
         self.pid = read_pid(*gearman) or "0"
         self.sink: TapSink = make_tap(self.writer.emit, boot=self.pid,
                                       payload_max=settings.HQ_PAYLOAD_MAX)
-        self.source_stats: Any = lambda: {}
+        self.source_stats: Callable[[], dict[str, int]] = lambda: {}
         self._stop = threading.Event()
         self._stats_interval = stats_interval
         self._poll_interval = poll_interval or settings.HQ_POLL_INTERVAL
-        self._last_queues: set[Any] = set()
-        self._last_workers: set[Any] = set()
+        self._last_queues: set[tuple[str, int, int, int]] = set()
+        self._last_workers: set[tuple[int, str, tuple[str, ...]]] = set()
 
     def start(self) -> None:
         self._close_previous_boots()
@@ -141,7 +143,7 @@ class TapRunner:
                      statuses=statuses, workers=workers)
         self._publish_poll(statuses, workers)
 
-    def _publish_poll(self, statuses: list[Any], workers: list[Any]) -> None:
+    def _publish_poll(self, statuses: list[FunctionStatus], workers: list[WorkerLine]) -> None:
         """Tell live pages when gearmand's counts or worker list moved since last poll."""
         queues = {(s.function, s.total, s.running, s.workers) for s in statuses}
         crew = {(w.fd, w.client_id, w.functions) for w in workers}
@@ -152,7 +154,7 @@ class TapRunner:
         self._last_queues, self._last_workers = queues, crew
 
     @staticmethod
-    def _safely(fn: Any, *args: Any, **kwargs: Any) -> None:
+    def _safely(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Monitoring writes must not kill the poller when Postgres is away."""
         from django.db import DatabaseError, close_old_connections
 
