@@ -18,7 +18,7 @@ help:
 	@echo "make test       also install the test tools, then lint + the whole test suite against real"
 	@echo "                Postgres/Redis/gearmand"
 	@echo "make pytest     the test suite without lint (PYTEST_ARGS='-k name -x')"
-	@echo "make lint       ruff check + mypy"
+	@echo "make lint       ruff check + mypy + lint-imports (the layer contracts)"
 	@echo "make bench      run bench/*.py (each prints a table; installs the PHP and CLI Gearman clients)"
 	@echo "make services   start Postgres/Redis (private ones under var/ when needed) and leave them up"
 	@echo "make status     what answers where; make stop  stop everything started under var/"
@@ -72,6 +72,7 @@ pytest: deps-test venv-dev static
 lint: venv-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: deps-bench venv
 	@bash scripts/bench.sh
