@@ -15,24 +15,25 @@ from pathlib import Path
 import pytest
 
 from broker.admin import AdminClient
-from tests.conftest import (
+from tests.interop.php_scripts import (
+    php_client,
+    php_worker,
+    start_php_client,
+    start_php_worker,
+)
+from tests.support.gearman_cli import start_worker, submit_bg
+from tests.support.stack import (
     Gearmand,
     Tap,
-    _spawn_gearmand,
+    events_of,
     jobs_of,
+    kinds,
     start_tap,
     stop_process,
     wait_for,
     wait_jobs,
 )
-from tests.interop.test_php import (
-    events_of,
-    kill,
-    kinds,
-    php_client,
-    start_php_client,
-    start_php_worker,
-)
+from tests.support.wire import RES, packet, read_packet
 
 pytestmark = pytest.mark.gearmand
 
@@ -45,27 +46,6 @@ ECHO_REQ = 16
 SUBMIT_JOB_BG = 18
 
 
-def packet(ptype: int, *args: bytes, magic: bytes = b"\0REQ") -> bytes:
-    body = b"\0".join(args)
-    return magic + struct.pack(">II", ptype, len(body)) + body
-
-
-def read_packet(sock: socket.socket) -> tuple[int, bytes]:
-    head = recv_exactly(sock, 12)
-    _, ptype, size = struct.unpack(">4sII", head)
-    return ptype, recv_exactly(sock, size)
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
 def raw_submit(port: int, function: str, payload: str, ptype: int = SUBMIT_JOB) -> tuple[
         socket.socket, str]:
     """Submit a job on a raw socket; returns the still open socket and the job's handle."""
@@ -74,11 +54,6 @@ def raw_submit(port: int, function: str, payload: str, ptype: int = SUBMIT_JOB) 
     rtype, body = read_packet(sock)
     assert rtype == JOB_CREATED, (rtype, body)
     return sock, body.decode()
-
-
-def gearman_bg(port: int, function: str, payload: str) -> None:
-    subprocess.run(["gearman", "-h", "127.0.0.1", "-p", str(port), "-b", "-f", function,
-                    payload], check=True, capture_output=True, timeout=20)
 
 
 def grab_job(port: int, function: str) -> tuple[int, bytes]:
@@ -131,7 +106,7 @@ def test_worker_killed_mid_job_is_requeued_and_completed(
     finally:
         for proc in (w1, w2, client):
             if proc is not None:
-                kill(proc)
+                stop_process(proc)
     assert job.attempts == 2
     assert job.worker == "w-2"
     assert job.result == "slept 2000"
@@ -174,7 +149,7 @@ def test_job_retries_exhausted_fails_the_job(
         (job,) = wait_jobs(tap.server, 1, state="failed")
     finally:
         for proc in [*workers, client]:
-            kill(proc)
+            stop_process(proc)
         tap.stop()
     assert job.attempts == retries
     assert "retries" in job.error
@@ -246,7 +221,7 @@ def test_background_job_dropped_after_retries_does_not_stay_queued(
         wait_for(lambda: job_row(job).state in ("failed", "lost"), timeout=10,
                  message="the dropped job ending failed or lost (HQ keeps it queued)")
     finally:
-        kill(worker)
+        stop_process(worker)
         tap.stop()
     assert "retries" in job.error
 
@@ -257,7 +232,7 @@ ECHO = packet(ECHO_REQ, b"ping")
 JUNK = {
     "unknown packet type": b"\0REQ\x00\x00\x00\xff\x00\x00\x00\x05hello",
     "bad magic": b"\0XYZ\x00\x00\x00\x10\x00\x00\x00\x04ping",
-    "response magic from a client": packet(17, b"ping", magic=b"\0RES"),
+    "response magic from a client": packet(17, b"ping", magic=RES),
     "text that is no command": b"\xff\xfe\xfdgarbage line\r\n",
     "submit without its NULs": b"\0REQ" + struct.pack(">II", SUBMIT_JOB, 3) + b"abc",
     "length over any limit": b"\0REQ" + struct.pack(">II", ECHO_REQ, 0x7FFFFFFF) + b"x",
@@ -271,7 +246,7 @@ def exchange(port: int, data: bytes, quiet: float = 1.0) -> bytes:
     got = b""
     try:
         sock.sendall(data)
-        while not got.endswith(packet(17, b"ping", magic=b"\0RES")):
+        while not got.endswith(packet(17, b"ping", magic=RES)):
             chunk = sock.recv(65536)
             if not chunk:
                 return got + b"<EOF>"
@@ -297,16 +272,16 @@ def test_garbage_from_a_client_is_answered_by_gearmand_alone(tap: Tap) -> None:
     assert replies["bad magic"] == b"<EOF>"
     assert replies["submit without its NULs"] == b"<EOF>"
     assert replies["response magic from a client"] == (
-        packet(19, b"INVALID_MAGIC", b"Request magic expected", magic=b"\0RES")
-        + packet(17, b"ping", magic=b"\0RES"))
+        packet(19, b"INVALID_MAGIC", b"Request magic expected", magic=RES)
+        + packet(17, b"ping", magic=RES))
     assert replies["text that is no command"].startswith(b"ERR UNKNOWN_COMMAND")
-    assert replies["text that is no command"].endswith(packet(17, b"ping", magic=b"\0RES"))
+    assert replies["text that is no command"].endswith(packet(17, b"ping", magic=RES))
     assert replies["length over any limit"] == b"<SILENCE>"
     # and the tap lives on, has said what it could not decode, and records the next job
     assert tap.proc.poll() is None
     wait_for(lambda: "decode error" in tap.output(), message="a decode error in the tap log")
     assert tap.proc.poll() is None
-    gearman_bg(tap.port, "after_junk", "still here")
+    submit_bg(tap.port, "after_junk", "still here")
     (job,) = wait_jobs(tap.server, 1, state="queued")
     assert (job.function, job.payload, job.background) == ("after_junk", "still here", True)
     assert list(jobs_of(tap.server)) == [job]  # none of the junk became a job
@@ -352,7 +327,7 @@ def test_client_leaving_a_running_job_does_not_stop_it(tap: Tap, tmp_path: Path)
         wait_for(lambda: "abandoned" in kinds(job), message="abandoned event")
         (job,) = wait_jobs(tap.server, 1, state="completed")
     finally:
-        kill(worker)
+        stop_process(worker)
     assert job.handle == handle
     assert job.result == "slept 1500"
     assert job.worker == "w-1"
@@ -373,7 +348,7 @@ def restart_right_after_a_pid_poll(g: Gearmand, timeout: float = 30.0) -> None:
     connection is accepted there and closed unanswered (the watcher treats that as gearmand
     down), then the new gearmand starts at once.
     """
-    stop_process(g.proc)
+    g.stop()
     with socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         deadline = time.monotonic() + 10
@@ -389,7 +364,7 @@ def restart_right_after_a_pid_poll(g: Gearmand, timeout: float = 30.0) -> None:
         listener.settimeout(timeout)
         conn, _ = listener.accept()
         conn.close()
-    g.proc = _spawn_gearmand(g.port, g.log, g.extra)
+    g.start()
 
 
 def gearmand_pid(port: int) -> str:
@@ -404,7 +379,7 @@ def tap_saw_restart(tap: Tap) -> bool:
 def poke(tap: Tap) -> None:
     """Some traffic through the tap: a proxy applies a boot change only on its next
     connection or bytes (see test_restart_marks_queued_jobs_lost_without_more_traffic)."""
-    assert exchange(tap.port, ECHO).endswith(packet(17, b"ping", magic=b"\0RES"))
+    assert exchange(tap.port, ECHO).endswith(packet(17, b"ping", magic=RES))
 
 
 def submit_many_bg(port: int, function: str, count: int) -> list[str]:
@@ -419,16 +394,17 @@ def submit_many_bg(port: int, function: str, count: int) -> list[str]:
     return handles
 
 
+def reversed_by_php(tap: Tap, text: str, log: Path) -> str:
+    """``text`` reversed by a PHP worker (client id w-1) there for this one job only."""
+    with php_worker(tap, "w-1", ("reverse",), log):
+        return php_client(tap.port, "normal", "reverse", text)["result"]
+
+
 def test_gearmand_restart_noticed_by_the_tap_starts_a_new_boot(tap: Tap, tmp_path: Path) -> None:
     from jobs.selectors import exact_job, search_jobs
 
-    worker = start_php_worker(tap.port, tap.gearmand.port, "w-1", ("reverse",),
-                              tmp_path / "worker.log")
-    try:
-        assert php_client(tap.port, "normal", "reverse", "before")["result"] == "erofeb"
-    finally:
-        kill(worker)
-    gearman_bg(tap.port, "nobody_serves", "doomed")  # queued when gearmand goes away
+    assert reversed_by_php(tap, "before", tmp_path / "worker.log") == "erofeb"
+    submit_bg(tap.port, "nobody_serves", "doomed")  # queued when gearmand goes away
     before, doomed = wait_jobs(tap.server, 2)
     wait_for(lambda: job_row(before).state == "completed", message="first job completed")
     old_pid = gearmand_pid(tap.gearmand.port)
@@ -440,12 +416,7 @@ def test_gearmand_restart_noticed_by_the_tap_starts_a_new_boot(tap: Tap, tmp_pat
     wait_for(lambda: job_row(doomed).state == "lost", message="queued job lost")
     assert "restart" in doomed.error
     assert kinds(doomed) == ["submitted", "lost"]
-    worker = start_php_worker(tap.port, tap.gearmand.port, "w-1", ("reverse",),
-                              tmp_path / "worker.log")
-    try:
-        assert php_client(tap.port, "normal", "reverse", "after")["result"] == "retfa"
-    finally:
-        kill(worker)
+    assert reversed_by_php(tap, "after", tmp_path / "worker.log") == "retfa"
     after = wait_for(lambda: jobs_of(tap.server).filter(payload_text="after",
                                                         state="completed").first(),
                      message="job after the restart")
@@ -464,7 +435,7 @@ def test_gearmand_restart_noticed_by_the_tap_starts_a_new_boot(tap: Tap, tmp_pat
 def test_restart_marks_queued_jobs_lost_without_more_traffic(
         tap: Tap, request: pytest.FixtureRequest) -> None:
     # (capture and proxy alike: the boot change applies without traffic)
-    gearman_bg(tap.port, "nobody_serves", "doomed")
+    submit_bg(tap.port, "nobody_serves", "doomed")
     (doomed,) = wait_jobs(tap.server, 1, state="queued")
     tap.gearmand.restart()
     wait_for(lambda: tap_saw_restart(tap), message="the tap noticing the restart")
@@ -478,10 +449,10 @@ def test_jobs_submitted_right_after_a_restart_get_the_new_boot(tap: Tap) -> None
     (H:x:1 again while H:x:1 of the old boot is still queued)."""
     from jobs.selectors import search_jobs
 
-    gearman_bg(tap.port, "rq", "before")
+    submit_bg(tap.port, "rq", "before")
     (before,) = wait_jobs(tap.server, 1)  # no worker: it stays queued
     restart_right_after_a_pid_poll(tap.gearmand)
-    gearman_bg(tap.port, "rq", "after")
+    submit_bg(tap.port, "rq", "after")
     wait_for(lambda: tap_saw_restart(tap), message="the tap noticing the restart")
     poke(tap)
     wait_for(lambda: job_row(before).state == "lost", message="the old queued job lost")
@@ -500,7 +471,7 @@ def test_restart_seen_by_handle_counter_then_by_pid_is_one_new_boot(
     handles = submit_many_bg(tap.port, "rq", 60)  # > 50: the counter check can fire
     wait_jobs(tap.server, 60, state="queued")
     restart_right_after_a_pid_poll(tap.gearmand)
-    gearman_bg(tap.port, "rq", "after")  # H:x:1 again: the counter says "new boot"
+    submit_bg(tap.port, "rq", "after")  # H:x:1 again: the counter says "new boot"
     assert handles[0].endswith(":1")
     wait_jobs(tap.server, 60, state="lost")  # the old boot's queued jobs died with gearmand
     after = wait_for(lambda: jobs_of(tap.server).filter(payload_text="after").first(),
@@ -508,13 +479,11 @@ def test_restart_seen_by_handle_counter_then_by_pid_is_one_new_boot(
     assert after.handle == handles[0] and after.state == "queued"
     wait_for(lambda: tap_saw_restart(tap), message="the pid watcher noticing the restart")
     poke(tap)
-    worker = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-w", "-c",
-                               "1", "-f", "rq", "--", "cat"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    worker = start_worker(tap.port, "rq", "cat", jobs=1)
     try:
         worker.wait(20)  # -c 1: exits after one job
     finally:
-        kill(worker)
+        stop_process(worker)
     wait_for(lambda: jobs_of(tap.server).filter(handle=after.handle, state="completed").exists(),
              message="the job after the restart completed")
     rows = list(jobs_of(tap.server).filter(handle=after.handle, boot_id__gte=after.boot_id))

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Tap, wait_for, wait_jobs
+from tests.support.gearman_cli import gearman, start_worker, stop_worker
+from tests.support.stack import Gearmand, Tap, events_of, start_tap, wait_for, wait_jobs
 
 pytestmark = pytest.mark.gearmand
-
-
-def gearman(port: int, *args: str, stdin: str | None = None, timeout: float = 20) -> str:
-    out = subprocess.run(["gearman", "-h", "127.0.0.1", "-p", str(port), *args], input=stdin,
-                         capture_output=True, text=True, timeout=timeout, check=True)
-    return out.stdout
-
-
-def start_worker(port: int, function: str, *cmd: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(port), "-w", "-f",
-                             function, "--", *cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    return proc
 
 
 def test_foreground_jobs_are_recorded_and_replies_unchanged(tap: Tap) -> None:
@@ -30,8 +19,7 @@ def test_foreground_jobs_are_recorded_and_replies_unchanged(tap: Tap) -> None:
     try:
         replies = [gearman(tap.port, "-f", "rev", stdin=f"order {i}\n") for i in range(3)]
     finally:
-        worker.terminate()
-        worker.wait()
+        stop_worker(worker)
     assert replies == [f"{i} redro\n" for i in range(3)]
     jobs = wait_jobs(tap.server, 3, state="completed")
     assert [j.payload for j in jobs] == [f"order {i}\n" for i in range(3)]
@@ -56,8 +44,7 @@ def test_background_job_waits_in_queue_until_a_worker_comes(tap: Tap) -> None:
     try:
         (done,) = wait_jobs(tap.server, 1, state="completed")
     finally:
-        worker.terminate()
-        worker.wait()
+        stop_worker(worker)
     assert done.id == queued.id
     assert done.result == "payload-1"
     assert done.wait_ms is not None and done.wait_ms >= 300
@@ -70,8 +57,7 @@ def test_worker_failure_is_recorded_as_failed(tap: Tap) -> None:
             gearman(tap.port, "-f", "boom", stdin="x")
         (job,) = wait_jobs(tap.server, 1, state="failed")
     finally:
-        worker.terminate()
-        worker.wait()
+        stop_worker(worker)
     assert job.error
     assert job.finished_at is not None
 
@@ -83,18 +69,15 @@ def test_two_clients_with_the_same_unique_share_one_job(tap: Tap) -> None:
     wait_for(lambda: type(job).objects.get(pk=job.pk).clients == 2, message="clients=2")
     job.refresh_from_db()
     assert job.unique == "same-key" and job.payload == "first"
-    from jobs.selectors import job_events
-
-    assert [e.kind for e in job_events(job)] == ["submitted", "attached"]
+    assert [e.kind for e in events_of(job)] == ["submitted", "attached"]
 
 
 def test_jobs_left_open_by_an_earlier_gearmand_are_lost_when_a_tap_starts(
-        gearmand, tmp_path, transactional_db) -> None:  # type: ignore[no-untyped-def]
+        gearmand: Gearmand, tmp_path: Path, transactional_db: None) -> None:
     """A job queued under a gearmand that is gone (another pid) cannot still be queued."""
     from django.utils import timezone
 
     from jobs.models import Boot, Job, Server
-    from tests.conftest import start_tap
 
     server = Server.objects.create(name="restarted-unseen")
     old = Boot.objects.create(server=server, token="1", first_seen=timezone.now())
@@ -106,8 +89,6 @@ def test_jobs_left_open_by_an_earlier_gearmand_are_lost_when_a_tap_starts(
         wait_for(lambda: Job.objects.get(pk=stale.pk).state == "lost", message="lost")
     finally:
         tap.stop()
-    from jobs.selectors import job_events
-
     stale.refresh_from_db()
     assert "not watching" in stale.error and stale.finished_at is not None
-    assert [e.kind for e in job_events(stale)] == ["lost"]
+    assert [e.kind for e in events_of(stale)] == ["lost"]

@@ -21,8 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Tap, jobs_of, wait_for, wait_jobs
-from tests.interop.test_php import events_of, kill, kinds, worker_registered
+from tests.support.stack import (
+    Tap,
+    events_of,
+    jobs_of,
+    kinds,
+    stop_process,
+    wait_for,
+    wait_jobs,
+    worker_registered,
+)
 
 pytestmark = pytest.mark.gearmand
 
@@ -61,7 +69,7 @@ def perl_worker(tap: Tap, client_id: str = "pw-1") -> Iterator[subprocess.Popen]
         assert proc.poll() is None, f"worker.pl exited: {log.read_text()}"
         yield proc
     finally:
-        kill(proc)
+        stop_process(proc)
 
 
 def test_perl_do_task_priorities(tap: Tap) -> None:

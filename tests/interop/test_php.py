@@ -1,7 +1,8 @@
 """PHP clients and workers (pecl gearman 2.x on libgearman) through HQ's tap, both modes.
 
-The scripts live in ``tests/interop/php/``: ``worker.php`` (a GearmanWorker with
-``setId``) and ``client.php`` (one GearmanClient call per run, printing one JSON line).
+The scripts live in ``tests/interop/php/`` (run by ``php_scripts.py``): ``worker.php`` (a
+GearmanWorker with ``setId``) and ``client.php`` (one GearmanClient call per run, printing
+one JSON line).
 What libgearman puts on the wire, seen here: OPTION_REQ ``exceptions`` on every connection
 (clients and workers), a generated UUID as the unique key of every submit, GRAB_JOB_ALL →
 JOB_ASSIGN_UNIQ for workers, and the worker's ``setId`` as SET_CLIENT_ID.
@@ -10,108 +11,21 @@ JOB_ASSIGN_UNIQ for workers, and the worker's ``setId`` as SET_CLIENT_ID.
 with GEARMAN_WORK_STATUS), so ``doStatus`` has nothing to report; the foreground progress
 test reads the WORK_STATUS packets through a status callback (addTask + runTasks) and the
 background one polls with ``jobStatus``.
-
-The helpers here are imported by ``test_faults.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from broker.admin import AdminClient, AdminError
-from tests.conftest import Tap, jobs_of, wait_for, wait_jobs
+from tests.interop.php_scripts import php_client, php_worker
+from tests.support.stack import Tap, events_of, jobs_of, kinds, wait_for, wait_jobs
 
 pytestmark = pytest.mark.gearmand
 
-PHP_DIR = Path(__file__).resolve().parent / "php"
-WORKER = PHP_DIR / "worker.php"
-CLIENT = PHP_DIR / "client.php"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def php_client(port: int, mode: str, function: str, workload: str = "",
-               unique: str | None = None, timeout: float = 60) -> dict:
-    """Run ``client.php`` once; returns the JSON it printed."""
-    args = ["php", str(CLIENT), str(port), mode, function, workload]
-    if unique is not None:
-        args.append(unique)
-    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=True)
-    lines = out.stdout.strip().splitlines()
-    assert lines, f"client.php printed nothing; stderr: {out.stderr}"
-    return json.loads(lines[-1])
-
-
-def start_php_client(port: int, mode: str, function: str, workload: str = "") -> subprocess.Popen:
-    """``client.php`` in the background (for clients that wait on a job a test disturbs)."""
-    return subprocess.Popen(["php", str(CLIENT), str(port), mode, function, workload],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def worker_registered(admin_port: int, client_id: str, function: str) -> bool:
-    """gearmand lists a worker with this client id that can do ``function``."""
-    try:
-        with AdminClient("127.0.0.1", admin_port, timeout=2) as admin:
-            return any(w.client_id == client_id and function in w.functions
-                       for w in admin.workers())
-    except AdminError:
-        return False
-
-
-def start_php_worker(port: int, admin_port: int, client_id: str = "w-1",
-                     functions: tuple[str, ...] = (), log: Path | None = None) -> subprocess.Popen:
-    """Start ``worker.php`` on ``port`` and wait until gearmand (``admin_port``) lists it."""
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(["php", str(WORKER), str(port), client_id, *functions],
-                            stdout=out, stderr=subprocess.STDOUT)
-    if log:
-        out.close()  # type: ignore[union-attr]
-    try:
-        wait_for(lambda: proc.poll() is not None
-                 or worker_registered(admin_port, client_id, (functions or ("reverse",))[0]),
-                 message=f"PHP worker {client_id} registered")
-        assert proc.poll() is None, f"PHP worker {client_id} exited: {proc.returncode}"
-    except BaseException:
-        kill(proc)
-        raise
-    return proc
-
-
-def kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-@contextlib.contextmanager
-def php_worker(tap: Tap, client_id: str = "w-1", functions: tuple[str, ...] = (),
-               log: Path | None = None) -> Iterator[subprocess.Popen]:
-    proc = start_php_worker(tap.port, tap.gearmand.port, client_id, functions, log)
-    try:
-        yield proc
-    finally:
-        kill(proc)
-
-
-def events_of(job) -> list:  # type: ignore[no-untyped-def]
-    from jobs.selectors import job_events
-
-    return list(job_events(job))
-
-
-def kinds(job) -> list[str]:  # type: ignore[no-untyped-def]
-    return [e.kind for e in events_of(job)]
 
 
 # -- foreground ---------------------------------------------------------------------------
