@@ -1,5 +1,6 @@
 """Fixtures for every test: real gearmand on a free port, HQ's tap in front of it, a local
-notification endpoint, and the people who use HQ, each with a role:
+notification endpoint, the worlds the web pages show, and the people who use HQ, each with
+a role:
 
 - ``vera`` a viewer, ``opal`` an operator, ``ada`` an admin (users, password
   ``tests.support.users.PASSWORD``);
@@ -92,6 +93,25 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+# ---------------------------------------------------------------- worlds
+
+
+@pytest.fixture
+def world(db: None) -> dict[str, object]:
+    """Monitoring data: two servers, four queues in four moods, three workers."""
+    from tests.support.worlds import build_world
+
+    return build_world()
+
+
+@pytest.fixture
+def alert_world(db: None) -> dict[str, object]:
+    """``world`` with alert rules evaluated against it, alerts, history and channels."""
+    from tests.support.worlds import build_alert_world
+
+    return build_alert_world()
 
 
 # ---------------------------------------------------------------- people

@@ -1,12 +1,12 @@
 """The alerts REST API (v1 contract): rules CRUD, alert list and ack, channels CRUD and
 test, and the delivery outbox retrying a broken channel with backoff.
 
-Bearer tokens of real users per role; channels are apprise ``json://`` URLs pointing at a
+Bearer tokens of real users per role (``api_viewer``, ``api_operator``, ``api_admin``:
+vera, opal and ada); channels are apprise ``json://`` URLs pointing at a
 local HTTP receiver run by the test (or at a closed port)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,47 +16,16 @@ from rest_framework.test import APIClient
 
 from alerts import delivery, services
 from alerts.models import Alert, Channel, Notification, Rule
-from hq.models import Role
-from hq.services import ensure_user, issue_token
 from jobs.models import Server
 from monitoring.models import QueueSnapshot
-from tests.conftest import free_port
 from tests.receiver import Receiver
+from tests.support.stack import free_port
 
 pytestmark = pytest.mark.django_db
 
 RULES = "/api/v1/alert-rules/"
 ALERTS = "/api/v1/alerts/"
 CHANNELS = "/api/v1/channels/"
-
-
-def client_for(name: str, role: Role) -> APIClient:
-    client = APIClient()
-    token = issue_token(ensure_user(name, role))
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
-
-
-@pytest.fixture
-def viewer(db: None) -> APIClient:
-    return client_for("vic", Role.VIEWER)
-
-
-@pytest.fixture
-def operator(db: None) -> APIClient:
-    return client_for("olga", Role.OPERATOR)
-
-
-@pytest.fixture
-def admin(db: None) -> APIClient:
-    return client_for("ada", Role.ADMIN)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def closed_url() -> str:
@@ -78,10 +47,10 @@ GOOD_RULE = {"name": "resize backlog", "metric": "queue_depth", "function": "res
 # --------------------------------------------------------------------------- rules
 
 
-def test_rule_crud_by_operator(operator: APIClient) -> None:
+def test_rule_crud_by_operator(api_operator: APIClient) -> None:
     server = Server.objects.create(name="gm1")
     ch = Channel.objects.create(name="ops", url=closed_url())
-    r = operator.post(RULES, {**GOOD_RULE, "server": "gm1", "channels": [ch.id],
+    r = api_operator.post(RULES, {**GOOD_RULE, "server": "gm1", "channels": [ch.id],
                               "severity": "critical", "window_seconds": 900}, format="json")
     assert r.status_code == 201, r.content
     created = r.json()
@@ -94,30 +63,30 @@ def test_rule_crud_by_operator(operator: APIClient) -> None:
     rule = Rule.objects.get(pk=created["id"])
     assert rule.server == server and list(rule.channels.all()) == [ch]
 
-    listed = operator.get(RULES).json()
+    listed = api_operator.get(RULES).json()
     assert {"next", "previous", "results"} <= set(listed)
     assert [x["id"] for x in listed["results"]] == [rule.id]
-    assert operator.get(f"{RULES}{rule.id}/").json()["threshold"] == 500.0
+    assert api_operator.get(f"{RULES}{rule.id}/").json()["threshold"] == 500.0
 
-    r = operator.patch(f"{RULES}{rule.id}/", {"threshold": 750.5, "enabled": False},
+    r = api_operator.patch(f"{RULES}{rule.id}/", {"threshold": 750.5, "enabled": False},
                        format="json")
     assert r.status_code == 200 and r.json()["threshold"] == 750.5
     rule.refresh_from_db()
     assert rule.threshold == 750.5 and rule.enabled is False
 
-    r = operator.put(f"{RULES}{rule.id}/", {**GOOD_RULE, "metric": "workers", "operator": "<",
+    r = api_operator.put(f"{RULES}{rule.id}/", {**GOOD_RULE, "metric": "workers", "operator": "<",
                                             "threshold": 1}, format="json")
     assert r.status_code == 200, r.content
     rule.refresh_from_db()
     assert (rule.metric, rule.operator, rule.threshold) == ("workers", "<", 1)
 
-    assert operator.delete(f"{RULES}{rule.id}/").status_code == 204
+    assert api_operator.delete(f"{RULES}{rule.id}/").status_code == 204
     assert not Rule.objects.filter(pk=rule.id).exists()
-    error_of(operator.get(f"{RULES}{rule.id}/"), 404)
+    error_of(api_operator.get(f"{RULES}{rule.id}/"), 404)
 
 
-def test_rule_defaults(operator: APIClient) -> None:
-    r = operator.post(RULES, {"name": "any", "metric": "stranded", "operator": ">",
+def test_rule_defaults(api_operator: APIClient) -> None:
+    r = api_operator.post(RULES, {"name": "any", "metric": "stranded", "operator": ">",
                               "threshold": 0}, format="json")
     assert r.status_code == 201, r.content
     body = r.json()
@@ -126,14 +95,14 @@ def test_rule_defaults(operator: APIClient) -> None:
     assert body["severity"] == "warning" and body["enabled"] is True
 
 
-def test_viewer_reads_rules_but_cannot_change_them(viewer: APIClient) -> None:
+def test_viewer_reads_rules_but_cannot_change_them(api_viewer: APIClient) -> None:
     rule = Rule.objects.create(name="r", metric="queue_depth", operator=">", threshold=5)
-    assert viewer.get(RULES).status_code == 200
-    assert viewer.get(f"{RULES}{rule.id}/").json()["name"] == "r"
-    assert error_of(viewer.post(RULES, GOOD_RULE, format="json"), 403)["code"] == \
+    assert api_viewer.get(RULES).status_code == 200
+    assert api_viewer.get(f"{RULES}{rule.id}/").json()["name"] == "r"
+    assert error_of(api_viewer.post(RULES, GOOD_RULE, format="json"), 403)["code"] == \
         "permission_denied"
-    error_of(viewer.patch(f"{RULES}{rule.id}/", {"threshold": 1}, format="json"), 403)
-    error_of(viewer.delete(f"{RULES}{rule.id}/"), 403)
+    error_of(api_viewer.patch(f"{RULES}{rule.id}/", {"threshold": 1}, format="json"), 403)
+    error_of(api_viewer.delete(f"{RULES}{rule.id}/"), 403)
     assert Rule.objects.get(pk=rule.id).threshold == 5
 
 
@@ -163,23 +132,23 @@ def test_no_token_is_401(db: None) -> None:
     ("server", "no-such-server"),
     ("channels", [999999]),
 ])
-def test_bad_rule_is_400_naming_the_field(operator: APIClient, field: str,
+def test_bad_rule_is_400_naming_the_field(api_operator: APIClient, field: str,
                                           value: object) -> None:
-    err = error_of(operator.post(RULES, {**GOOD_RULE, field: value}, format="json"), 400)
+    err = error_of(api_operator.post(RULES, {**GOOD_RULE, field: value}, format="json"), 400)
     assert err["code"] == "invalid"
     assert list(err["fields"]) == [field]
     assert err["message"].startswith(f"{field}:")
     assert not Rule.objects.exists()
 
 
-def test_missing_fields_are_named(operator: APIClient) -> None:
-    err = error_of(operator.post(RULES, {"name": "x"}, format="json"), 400)
+def test_missing_fields_are_named(api_operator: APIClient) -> None:
+    err = error_of(api_operator.post(RULES, {"name": "x"}, format="json"), 400)
     assert {"metric", "operator", "threshold"} <= set(err["fields"])
 
 
-def test_bad_patch_leaves_the_rule_alone(operator: APIClient) -> None:
+def test_bad_patch_leaves_the_rule_alone(api_operator: APIClient) -> None:
     rule = Rule.objects.create(name="r", metric="queue_depth", operator=">", threshold=5)
-    err = error_of(operator.patch(f"{RULES}{rule.id}/", {"threshold": "6"}, format="json"),
+    err = error_of(api_operator.patch(f"{RULES}{rule.id}/", {"threshold": "6"}, format="json"),
                    400)
     assert list(err["fields"]) == ["threshold"]
     assert Rule.objects.get(pk=rule.id).threshold == 5
@@ -202,10 +171,10 @@ def alerts(db: None) -> dict[str, Alert]:
     return {"firing": firing, "resolved": resolved}
 
 
-def test_alerts_list_and_state_filter(viewer: APIClient, alerts: dict[str, Alert]) -> None:
-    everything = viewer.get(ALERTS).json()["results"]
+def test_alerts_list_and_state_filter(api_viewer: APIClient, alerts: dict[str, Alert]) -> None:
+    everything = api_viewer.get(ALERTS).json()["results"]
     assert {a["id"] for a in everything} == {a.id for a in alerts.values()}
-    (row,) = viewer.get(ALERTS, {"state": "firing"}).json()["results"]
+    (row,) = api_viewer.get(ALERTS, {"state": "firing"}).json()["results"]
     assert row["id"] == alerts["firing"].id
     assert {"id", "rule", "function", "server", "state", "value", "started_at",
             "resolved_at", "acknowledged_by"} <= set(row)
@@ -213,85 +182,85 @@ def test_alerts_list_and_state_filter(viewer: APIClient, alerts: dict[str, Alert
     assert row["value"] == 20 and row["resolved_at"] is None and row["acknowledged_by"] is None
     assert row["rule"]["name"] == "backlog" and row["rule"]["severity"] == "critical"
     assert row["started_at"].endswith("Z")
-    (row,) = viewer.get(ALERTS, {"state": "resolved"}).json()["results"]
+    (row,) = api_viewer.get(ALERTS, {"state": "resolved"}).json()["results"]
     assert row["id"] == alerts["resolved"].id and row["resolved_at"] is not None
-    detail = viewer.get(f"{ALERTS}{alerts['firing'].id}/").json()
+    detail = api_viewer.get(f"{ALERTS}{alerts['firing'].id}/").json()
     assert "snapshot" in detail
 
 
-def test_alerts_bogus_state_is_400(viewer: APIClient, alerts: dict[str, Alert]) -> None:
-    err = error_of(viewer.get(ALERTS, {"state": "bogus"}), 400)
+def test_alerts_bogus_state_is_400(api_viewer: APIClient, alerts: dict[str, Alert]) -> None:
+    err = error_of(api_viewer.get(ALERTS, {"state": "bogus"}), 400)
     assert list(err["fields"]) == ["state"]
 
 
-def test_operator_acks_a_firing_alert(operator: APIClient, alerts: dict[str, Alert]) -> None:
+def test_operator_acks_a_firing_alert(api_operator: APIClient, alerts: dict[str, Alert]) -> None:
     alert = alerts["firing"]
-    r = operator.post(f"{ALERTS}{alert.id}/ack/", {"silence_seconds": 3600}, format="json")
+    r = api_operator.post(f"{ALERTS}{alert.id}/ack/", {"silence_seconds": 3600}, format="json")
     assert r.status_code == 200, r.content
-    assert r.json()["acknowledged_by"] == "olga" and r.json()["state"] == "firing"
+    assert r.json()["acknowledged_by"] == "opal" and r.json()["state"] == "firing"
     alert.refresh_from_db()
-    assert alert.acknowledged_by.username == "olga" and alert.acknowledged_at is not None
+    assert alert.acknowledged_by.username == "opal" and alert.acknowledged_at is not None
     assert alert.silenced_until - alert.acknowledged_at == timedelta(seconds=3600)
-    row = operator.get(ALERTS, {"state": "firing"}).json()["results"][0]
-    assert row["acknowledged_by"] == "olga"
+    row = api_operator.get(ALERTS, {"state": "firing"}).json()["results"][0]
+    assert row["acknowledged_by"] == "opal"
 
 
-def test_ack_without_a_body(operator: APIClient, alerts: dict[str, Alert]) -> None:
-    r = operator.post(f"{ALERTS}{alerts['firing'].id}/ack/")
+def test_ack_without_a_body(api_operator: APIClient, alerts: dict[str, Alert]) -> None:
+    r = api_operator.post(f"{ALERTS}{alerts['firing'].id}/ack/")
     assert r.status_code == 200, r.content
     alerts["firing"].refresh_from_db()
     assert alerts["firing"].silenced_until is None
 
 
-def test_viewer_cannot_ack(viewer: APIClient, alerts: dict[str, Alert]) -> None:
-    error_of(viewer.post(f"{ALERTS}{alerts['firing'].id}/ack/"), 403)
+def test_viewer_cannot_ack(api_viewer: APIClient, alerts: dict[str, Alert]) -> None:
+    error_of(api_viewer.post(f"{ALERTS}{alerts['firing'].id}/ack/"), 403)
     alerts["firing"].refresh_from_db()
     assert alerts["firing"].acknowledged_by is None
 
 
-def test_ack_of_a_resolved_alert_is_409(operator: APIClient, alerts: dict[str, Alert]) -> None:
-    assert error_of(operator.post(f"{ALERTS}{alerts['resolved'].id}/ack/"), 409)["code"] == \
+def test_ack_of_a_resolved_alert_is_409(api_operator: APIClient, alerts: dict[str, Alert]) -> None:
+    assert error_of(api_operator.post(f"{ALERTS}{alerts['resolved'].id}/ack/"), 409)["code"] == \
         "conflict"
 
 
-def test_ack_of_a_missing_alert_is_404(operator: APIClient, alerts: dict[str, Alert]) -> None:
-    error_of(operator.post(f"{ALERTS}999999/ack/"), 404)
+def test_ack_of_a_missing_alert_is_404(api_operator: APIClient, alerts: dict[str, Alert]) -> None:
+    error_of(api_operator.post(f"{ALERTS}999999/ack/"), 404)
 
 
-def test_ack_with_a_negative_silence_is_400(operator: APIClient,
+def test_ack_with_a_negative_silence_is_400(api_operator: APIClient,
                                            alerts: dict[str, Alert]) -> None:
-    err = error_of(operator.post(f"{ALERTS}{alerts['firing'].id}/ack/",
+    err = error_of(api_operator.post(f"{ALERTS}{alerts['firing'].id}/ack/",
                                  {"silence_seconds": -5}, format="json"), 400)
     assert list(err["fields"]) == ["silence_seconds"]
 
 
-def test_ack_with_a_non_numeric_id_is_404(operator: APIClient) -> None:
-    error_of(operator.post(f"{ALERTS}abc/ack/"), 404)
+def test_ack_with_a_non_numeric_id_is_404(api_operator: APIClient) -> None:
+    error_of(api_operator.post(f"{ALERTS}abc/ack/"), 404)
 
 
 # --------------------------------------------------------------------------- channels
 
 
-def test_channel_crud_by_admin(admin: APIClient, receiver: Receiver) -> None:
-    r = admin.post(CHANNELS, {"name": "ops", "url": receiver.url}, format="json")
+def test_channel_crud_by_admin(api_admin: APIClient, receiver: Receiver) -> None:
+    r = api_admin.post(CHANNELS, {"name": "ops", "url": receiver.url}, format="json")
     assert r.status_code == 201, r.content
     body = r.json()
     assert body["name"] == "ops" and body["url"] == receiver.url and body["enabled"] is True
     cid = body["id"]
-    assert [c["id"] for c in admin.get(CHANNELS).json()["results"]] == [cid]
-    r = admin.patch(f"{CHANNELS}{cid}/", {"enabled": False}, format="json")
+    assert [c["id"] for c in api_admin.get(CHANNELS).json()["results"]] == [cid]
+    r = api_admin.patch(f"{CHANNELS}{cid}/", {"enabled": False}, format="json")
     assert r.status_code == 200 and r.json()["enabled"] is False
-    r = admin.put(f"{CHANNELS}{cid}/", {"name": "ops2", "url": "mailto://u:p@example.com"},
+    r = api_admin.put(f"{CHANNELS}{cid}/", {"name": "ops2", "url": "mailto://u:p@example.com"},
                   format="json")
     assert r.status_code == 200, r.content
     assert Channel.objects.get(pk=cid).name == "ops2"
-    assert admin.delete(f"{CHANNELS}{cid}/").status_code == 204
+    assert api_admin.delete(f"{CHANNELS}{cid}/").status_code == 204
     assert not Channel.objects.exists()
 
 
-def test_channels_are_admin_only(operator: APIClient, viewer: APIClient) -> None:
+def test_channels_are_admin_only(api_operator: APIClient, api_viewer: APIClient) -> None:
     ch = Channel.objects.create(name="ops", url=closed_url())
-    for client in (operator, viewer):
+    for client in (api_operator, api_viewer):
         error_of(client.get(CHANNELS), 403)
         error_of(client.post(CHANNELS, {"name": "x", "url": closed_url()}, format="json"), 403)
         error_of(client.delete(f"{CHANNELS}{ch.id}/"), 403)
@@ -300,15 +269,15 @@ def test_channels_are_admin_only(operator: APIClient, viewer: APIClient) -> None
 
 
 @pytest.mark.parametrize("url", ["not a url", "nosuchscheme://host/path", "json:/", ""])
-def test_bad_apprise_url_is_400(admin: APIClient, url: str) -> None:
-    err = error_of(admin.post(CHANNELS, {"name": "bad", "url": url}, format="json"), 400)
+def test_bad_apprise_url_is_400(api_admin: APIClient, url: str) -> None:
+    err = error_of(api_admin.post(CHANNELS, {"name": "bad", "url": url}, format="json"), 400)
     assert list(err["fields"]) == ["url"]
     assert not Channel.objects.exists()
 
 
-def test_channel_test_reaches_the_receiver(admin: APIClient, receiver: Receiver) -> None:
+def test_channel_test_reaches_the_receiver(api_admin: APIClient, receiver: Receiver) -> None:
     ch = Channel.objects.create(name="ops", url=receiver.url)
-    r = admin.post(f"{CHANNELS}{ch.id}/test/")
+    r = api_admin.post(f"{CHANNELS}{ch.id}/test/")
     assert r.status_code == 200, r.content
     assert r.json() == {"ok": True, "error": None}
     assert len(receiver.messages) == 1
@@ -318,9 +287,9 @@ def test_channel_test_reaches_the_receiver(admin: APIClient, receiver: Receiver)
     assert (note.kind, note.status, note.attempts) == ("test", "sent", 1)
 
 
-def test_channel_test_to_a_closed_port_is_502(admin: APIClient) -> None:
+def test_channel_test_to_a_closed_port_is_502(api_admin: APIClient) -> None:
     ch = Channel.objects.create(name="down", url=closed_url())
-    r = admin.post(f"{CHANNELS}{ch.id}/test/")
+    r = api_admin.post(f"{CHANNELS}{ch.id}/test/")
     assert r.status_code == 502, r.content
     body = r.json()
     assert body["ok"] is False and isinstance(body["error"], str) and body["error"]
@@ -328,8 +297,8 @@ def test_channel_test_to_a_closed_port_is_502(admin: APIClient) -> None:
     assert note.status == "failed" and note.last_error == body["error"]
 
 
-def test_channel_test_of_a_missing_channel_is_404(admin: APIClient) -> None:
-    error_of(admin.post(f"{CHANNELS}999999/test/"), 404)
+def test_channel_test_of_a_missing_channel_is_404(api_admin: APIClient) -> None:
+    error_of(api_admin.post(f"{CHANNELS}999999/test/"), 404)
 
 
 # --------------------------------------------------------------------------- delivery

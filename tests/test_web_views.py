@@ -9,23 +9,10 @@ import pytest
 from django.utils import timezone
 
 from hq import formatting as hq_format
-from hq.models import Role
 from jobs.models import Boot, Job, JobEvent, Server
-from tests.conftest import make_user as _make_user
+from tests.support.users import PASSWORD, make_user
 
-PASSWORD = "correct-horse-battery"
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
-
-
-def make_user(username: str, role: Role | None):
-    return _make_user(username, role, PASSWORD)
-
-
-@pytest.fixture
-def viewer(client):
-    user = make_user("vera", Role.VIEWER)
-    client.force_login(user)
-    return user
 
 
 @pytest.fixture
@@ -67,8 +54,7 @@ def test_htmx_request_without_session_redirects_the_whole_page(client):
 
 
 @pytest.mark.django_db
-def test_login_page_then_sign_in_lands_on_jobs(client):
-    make_user("vera", Role.VIEWER)
+def test_login_page_then_sign_in_lands_on_jobs(client, vera):
     page = client.get("/login/")
     assert page.status_code == 200
     assert b"Sign in" in page.content and b'name="password"' in page.content
@@ -95,31 +81,31 @@ def test_user_without_a_role_gets_403(client):
 
 
 @pytest.mark.django_db
-def test_logout_is_post_only(client, viewer):
-    assert client.get("/logout/").status_code == 405
-    response = client.post("/logout/")
+def test_logout_is_post_only(viewer):
+    assert viewer.get("/logout/").status_code == 405
+    response = viewer.post("/logout/")
     assert response.status_code == 302 and response["Location"] == "/login/"
-    assert client.get("/jobs/").status_code == 302
+    assert viewer.get("/jobs/").status_code == 302
 
 
 # ---------------------------------------------------------------- search
 
 
 @pytest.mark.django_db
-def test_search_by_exact_handle_redirects_to_the_job(client, viewer, boot):
+def test_search_by_exact_handle_redirects_to_the_job(viewer, boot):
     job = make_job(boot, "H:gm1:42")
     make_job(boot, "H:gm1:420")
-    response = client.get("/jobs/", {"q": "  H:gm1:42 "})
+    response = viewer.get("/jobs/", {"q": "  H:gm1:42 "})
     assert response.status_code == 302
     assert response["Location"] == f"/jobs/{job.pk}/"
 
 
 @pytest.mark.django_db
-def test_list_shows_rows_with_state_and_links(client, viewer, boot):
+def test_list_shows_rows_with_state_and_links(viewer, boot):
     failed = make_job(boot, "H:gm1:1", state="failed", error="boom: disk full",
                       wait_ms=12, runtime_ms=3400, attempts=2, worker="w-17")
     make_job(boot, "H:gm1:2", state="running", function="send_mail")
-    response = client.get("/jobs/")
+    response = viewer.get("/jobs/")
     body = response.content.decode()
     assert response.status_code == 200
     assert "<html" in body
@@ -130,10 +116,10 @@ def test_list_shows_rows_with_state_and_links(client, viewer, boot):
 
 
 @pytest.mark.django_db
-def test_htmx_search_returns_only_the_results_partial(client, viewer, boot):
+def test_htmx_search_returns_only_the_results_partial(viewer, boot):
     make_job(boot, "H:gm1:7", state="failed")
     make_job(boot, "H:gm1:8", state="completed")
-    response = client.get("/jobs/", {"state": "failed"}, HTTP_HX_REQUEST="true")
+    response = viewer.get("/jobs/", {"state": "failed"}, HTTP_HX_REQUEST="true")
     body = response.content.decode()
     assert response.status_code == 200
     assert "<html" not in body and "<header" not in body and "<form" not in body
@@ -142,27 +128,27 @@ def test_htmx_search_returns_only_the_results_partial(client, viewer, boot):
 
 
 @pytest.mark.django_db
-def test_search_box_matches_part_of_a_function_handle_or_payload(client, viewer, boot):
+def test_search_box_matches_part_of_a_function_handle_or_payload(viewer, boot):
     make_job(boot, "H:gm1:7", function="send_mail", payload_text='{"to": "ops@example.com"}')
     make_job(boot, "H:gm1:8", function="resize_image")
     for q in ("send_mail", "send", "ops@example", "H:gm1:7"):
-        response = client.get("/jobs/", {"q": q}, HTTP_HX_REQUEST="true")
+        response = viewer.get("/jobs/", {"q": q}, HTTP_HX_REQUEST="true")
         body = response.content.decode()
         assert "H:gm1:7" in body and "H:gm1:8" not in body, q
         assert 'class="handle"' in body, q  # a result row, not only the "Enter opens" hint
 
 
 @pytest.mark.django_db
-def test_htmx_search_for_a_handle_offers_the_job_instead_of_redirecting(client, viewer, boot):
+def test_htmx_search_for_a_handle_offers_the_job_instead_of_redirecting(viewer, boot):
     job = make_job(boot, "H:gm1:9")
-    response = client.get("/jobs/", {"q": "H:gm1:9"}, HTTP_HX_REQUEST="true")
+    response = viewer.get("/jobs/", {"q": "H:gm1:9"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     assert f'class="exact-hit" href="/jobs/{job.pk}/"' in response.content.decode()
 
 
 @pytest.mark.django_db
-def test_history_restore_gets_the_full_page(client, viewer, boot):
-    response = client.get("/jobs/", HTTP_HX_REQUEST="true",
+def test_history_restore_gets_the_full_page(viewer, boot):
+    response = viewer.get("/jobs/", HTTP_HX_REQUEST="true",
                           HTTP_HX_HISTORY_RESTORE_REQUEST="true")
     assert b"<html" in response.content
 
@@ -174,9 +160,9 @@ def test_history_restore_gets_the_full_page(client, viewer, boot):
     ({"before_id": "abc"}, "before_id must be a job id"),
 ])
 @pytest.mark.parametrize("htmx", [False, True])
-def test_invalid_filter_is_a_400_with_a_message(client, viewer, boot, params, message, htmx):
+def test_invalid_filter_is_a_400_with_a_message(viewer, boot, params, message, htmx):
     headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
-    response = client.get("/jobs/", params, **headers)
+    response = viewer.get("/jobs/", params, **headers)
     assert response.status_code == 400
     body = response.content.decode()
     assert "Can\u2019t search" in body and message in body
@@ -184,43 +170,43 @@ def test_invalid_filter_is_a_400_with_a_message(client, viewer, boot, params, me
 
 
 @pytest.mark.django_db
-def test_filters_narrow_the_list(client, viewer, boot):
+def test_filters_narrow_the_list(viewer, boot):
     make_job(boot, "H:gm1:1", state="failed", worker="w-1")
     make_job(boot, "H:gm1:2", state="completed", worker="w-2",
              submitted_at=T0 + timedelta(hours=2))
-    by_state = client.get("/jobs/", {"state": "failed"}, HTTP_HX_REQUEST="true")
+    by_state = viewer.get("/jobs/", {"state": "failed"}, HTTP_HX_REQUEST="true")
     assert b"H:gm1:1" in by_state.content and b"H:gm1:2" not in by_state.content
-    by_time = client.get("/jobs/", {"submitted_after": "2026-11-24T11:00"},
+    by_time = viewer.get("/jobs/", {"submitted_after": "2026-11-24T11:00"},
                          HTTP_HX_REQUEST="true")
     assert b"H:gm1:2" in by_time.content and b"H:gm1:1" not in by_time.content
-    by_server = client.get("/jobs/", {"server": "elsewhere"}, HTTP_HX_REQUEST="true")
+    by_server = viewer.get("/jobs/", {"server": "elsewhere"}, HTTP_HX_REQUEST="true")
     assert b"No jobs match these filters" in by_server.content
 
 
 @pytest.mark.django_db
-def test_empty_search_says_so(client, viewer, boot):
+def test_empty_search_says_so(viewer, boot):
     make_job(boot, "H:gm1:1")
-    response = client.get("/jobs/", {"q": "no-such-thing"})
+    response = viewer.get("/jobs/", {"q": "no-such-thing"})
     assert response.status_code == 200
     assert "No jobs match “no-such-thing”" in response.content.decode()
 
 
 @pytest.mark.django_db
-def test_cursor_pagination(client, viewer, boot):
+def test_cursor_pagination(viewer, boot):
     for n in range(1, 56):
         make_job(boot, f"H:gm1:{n}")
-    first = client.get("/jobs/").content.decode()
+    first = viewer.get("/jobs/").content.decode()
     assert first.count('class="handle"') == 50
     assert "Older →" in first and "H:gm1:55" in first and "H:gm1:5<" not in first
     last_on_page = Job.objects.order_by("-id")[49]
     assert f"before_id={last_on_page.pk}" in first
 
-    second = client.get("/jobs/", {"before_id": last_on_page.pk}).content.decode()
+    second = viewer.get("/jobs/", {"before_id": last_on_page.pk}).content.decode()
     assert second.count('class="handle"') == 5
     assert "Older →" not in second and "← Newest" in second
     assert "H:gm1:1<" in second
 
-    beyond = client.get("/jobs/", {"before_id": Job.objects.order_by("id")[0].pk})
+    beyond = viewer.get("/jobs/", {"before_id": Job.objects.order_by("id")[0].pk})
     assert b"No older jobs" in beyond.content
 
 
@@ -228,15 +214,15 @@ def test_cursor_pagination(client, viewer, boot):
 
 
 @pytest.mark.django_db
-def test_unknown_job_is_a_friendly_404(client, viewer):
-    response = client.get("/jobs/999999/")
+def test_unknown_job_is_a_friendly_404(viewer):
+    response = viewer.get("/jobs/999999/")
     assert response.status_code == 404
     assert b"No job with id 999999" in response.content
     assert b"Search jobs" in response.content
 
 
 @pytest.mark.django_db
-def test_detail_shows_payload_result_error_and_timeline(client, viewer, boot):
+def test_detail_shows_payload_result_error_and_timeline(viewer, boot):
     job = make_job(
         boot, "H:gm1:77", state="failed", function="thumbnail", unique="img-9",
         payload_text='{"id": 9, "size": "large"}', payload_size=26,
@@ -252,7 +238,7 @@ def test_detail_shows_payload_result_error_and_timeline(client, viewer, boot):
     add_event(job, "exception", T0 + timedelta(seconds=126.5),
               detail="ValueError: cannot identify image file")
 
-    response = client.get(f"/jobs/{job.pk}/")
+    response = viewer.get(f"/jobs/{job.pk}/")
     body = response.content.decode()
     assert response.status_code == 200
     assert "H:gm1:77" in body and 'data-state="failed"' in body
@@ -268,10 +254,10 @@ def test_detail_shows_payload_result_error_and_timeline(client, viewer, boot):
 
 
 @pytest.mark.django_db
-def test_detail_says_when_a_payload_was_truncated(client, viewer, boot):
+def test_detail_says_when_a_payload_was_truncated(viewer, boot):
     job = make_job(boot, "H:gm1:5", payload_text="x" * 100, payload_size=5000,
                    state="queued")
-    body = client.get(f"/jobs/{job.pk}/").content.decode()
+    body = viewer.get(f"/jobs/{job.pk}/").content.decode()
     assert "Truncated: showing 100 of 5000 bytes." in body
     assert "No result yet." in body
 

@@ -11,32 +11,19 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.utils import timezone
 
 from alerts import services
 from alerts.models import Alert, Channel, Rule
-from hq.models import Role
-from hq.services import ensure_user
-from jobs.models import Server
-from monitoring.models import QueueSnapshot, ServerState
-from tests.browser.test_monitoring_ui import FakeLive
+from tests.browser.fake_live import FakeLive
 from tests.receiver import Receiver
-from tests.test_alert_views import build_alert_world
+from tests.support.users import PASSWORD
+from tests.support.worlds import img_backlog
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "browser-pass-123"
-
-
-def _person(username: str, role: Role) -> None:
-    user = ensure_user(username, role)
-    user.set_password(PASSWORD)
-    user.save()
-
 
 def test_operator_makes_a_rule_sees_it_fire_and_acks_it(live_server, transactional_db, page,
-                                                         sign_in, artifacts):
-    _person("opal", Role.OPERATOR)
+                                                         sign_in, artifacts, opal):
     sign_in("opal", PASSWORD)
     page.goto(live_server.url + "/alerts/")
     assert page.locator("#alerts-nav-count").is_hidden()  # nothing fires yet
@@ -79,10 +66,7 @@ def test_operator_makes_a_rule_sees_it_fire_and_acks_it(live_server, transaction
     # fresh data: 20 jobs queued for img_resize and no worker; one evaluation tick
     page.goto(live_server.url + "/?poll=1")
     page.evaluate("window.__sameDocument = true")
-    server = Server.objects.create(name="gm-img", address="127.0.0.1:4730")
-    ServerState.objects.create(server=server, up=True, polled_at=timezone.now())
-    QueueSnapshot.objects.create(server=server, function="img_resize", total=20, running=0,
-                                 workers=0, at=timezone.now())
+    img_backlog(address="127.0.0.1:4730")
     fired = services.evaluate(refresh=False).fired
     assert len(fired) == 1
     item = page.locator(f'.strip-item[data-alert-id="{fired[0]}"]')
@@ -106,8 +90,7 @@ def test_operator_makes_a_rule_sees_it_fire_and_acks_it(live_server, transaction
 
 
 def test_an_alert_message_alone_refreshes_the_header(live_server, transactional_db, page,
-                                                     sign_in):
-    _person("vera", Role.VIEWER)
+                                                     sign_in, vera):
     rule = Rule.objects.create(name="Images pile up", metric="queue_depth", function="img*",
                                operator=">", threshold=5)
     live = FakeLive(page)
@@ -115,10 +98,7 @@ def test_an_alert_message_alone_refreshes_the_header(live_server, transactional_
     page.goto(live_server.url + "/jobs/?poll=300")  # the poll cannot be what refreshes it
     page.locator('[data-hq-live-status][data-state="live"]').wait_for()
     page.evaluate("window.__sameDocument = true")
-    server = Server.objects.create(name="gm-img")
-    ServerState.objects.create(server=server, up=True, polled_at=timezone.now())
-    QueueSnapshot.objects.create(server=server, function="img_resize", total=20, running=0,
-                                 workers=0, at=timezone.now())
+    img_backlog()
     [alert_id] = services.evaluate(refresh=False).fired
     live.send({"type": "alert", "id": alert_id, "rule": rule.name, "function": "img_resize",
                "server": "gm-img", "state": "firing", "value": 20.0, "severity": "warning"})
@@ -127,50 +107,45 @@ def test_an_alert_message_alone_refreshes_the_header(live_server, transactional_
     assert page.evaluate("window.__sameDocument") is True
 
 
-def test_alert_pages_screenshots(live_server, transactional_db, page, sign_in, artifacts):
-    world = build_alert_world()
-    receiver = Receiver()
-    try:
-        local = Channel.objects.create(name="Local webhook", url=receiver.url)
-        _person("ada", Role.ADMIN)
-        sign_in("ada", PASSWORD)
+def test_alert_pages_screenshots(live_server, transactional_db, page, sign_in, artifacts, ada,
+                                 receiver: Receiver, alert_world):
+    local = Channel.objects.create(name="Local webhook", url=receiver.url)
+    sign_in("ada", PASSWORD)
 
-        page.goto(live_server.url + "/alerts/")
-        assert page.locator(".firing-table .alert-row").count() == 2
-        first = page.locator(".firing-table .alert-row").first
-        assert "Transcoding has no workers" in first.inner_text()
-        assert page.locator(".sum-firing .stat-value").inner_text() == "2"
-        page.screenshot(path=artifacts / "alerts.png", full_page=True)
+    page.goto(live_server.url + "/alerts/")
+    assert page.locator(".firing-table .alert-row").count() == 2
+    first = page.locator(".firing-table .alert-row").first
+    assert "Transcoding has no workers" in first.inner_text()
+    assert page.locator(".sum-firing .stat-value").inner_text() == "2"
+    page.screenshot(path=artifacts / "alerts.png", full_page=True)
 
-        # the overview with the header strip
-        page.goto(live_server.url + "/")
-        assert page.locator(".strip-item").count() == 2
-        page.screenshot(path=artifacts / "alerts-overview-strip.png")
+    # the overview with the header strip
+    page.goto(live_server.url + "/")
+    assert page.locator(".strip-item").count() == 2
+    page.screenshot(path=artifacts / "alerts-overview-strip.png")
 
-        page.goto(live_server.url + f"/alerts/{world['critical'].pk}/")
-        assert page.locator("#alert-title").inner_text() == "Transcoding has no workers"
-        assert page.locator(".snapshot-queues tr.is-alert-queue").count() == 1
-        assert page.locator(".snapshot-workers tr.worker-row").count() == 3
-        page.screenshot(path=artifacts / "alert-detail.png", full_page=True)
+    page.goto(live_server.url + f"/alerts/{alert_world['critical'].pk}/")
+    assert page.locator("#alert-title").inner_text() == "Transcoding has no workers"
+    assert page.locator(".snapshot-queues tr.is-alert-queue").count() == 1
+    assert page.locator(".snapshot-workers tr.worker-row").count() == 3
+    page.screenshot(path=artifacts / "alert-detail.png", full_page=True)
 
-        page.goto(live_server.url + "/alerts/rules/new/?metric=queue_depth&function=resize_image")
-        assert page.locator("#id_function").input_value() == "resize_image"
-        page.check("text=#ops on Slack")
-        page.screenshot(path=artifacts / "alert-rule-new-prefilled.png", full_page=True)
+    page.goto(live_server.url + "/alerts/rules/new/?metric=queue_depth&function=resize_image")
+    assert page.locator("#id_function").input_value() == "resize_image"
+    page.check("text=#ops on Slack")
+    page.screenshot(path=artifacts / "alert-rule-new-prefilled.png", full_page=True)
 
-        page.goto(live_server.url + "/alerts/channels/")
-        page.locator(f"#channel-{local.pk} button:has-text('Send test')").click()
-        page.locator(f"#test-result-{local.pk} .test-ok").wait_for()
-        assert len(receiver.messages) == 1
-        hook = world["hook"]
-        page.locator(f"#channel-{hook.pk} button:has-text('Send test')").click()
-        failed = page.locator(f"#test-result-{hook.pk} .test-fail")
-        failed.wait_for()
-        assert "Failed:" in failed.inner_text()
-        page.screenshot(path=artifacts / "alert-channels.png", full_page=True)
+    page.goto(live_server.url + "/alerts/channels/")
+    page.locator(f"#channel-{local.pk} button:has-text('Send test')").click()
+    page.locator(f"#test-result-{local.pk} .test-ok").wait_for()
+    assert len(receiver.messages) == 1
+    hook = alert_world["hook"]
+    page.locator(f"#channel-{hook.pk} button:has-text('Send test')").click()
+    failed = page.locator(f"#test-result-{hook.pk} .test-fail")
+    failed.wait_for()
+    assert "Failed:" in failed.inner_text()
+    page.screenshot(path=artifacts / "alert-channels.png", full_page=True)
 
-        page.set_viewport_size({"width": 390, "height": 844})
-        page.goto(live_server.url + "/alerts/")
-        page.screenshot(path=artifacts / "alerts-phone.png", full_page=True)
-    finally:
-        receiver.close()
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(live_server.url + "/alerts/")
+    page.screenshot(path=artifacts / "alerts-phone.png", full_page=True)

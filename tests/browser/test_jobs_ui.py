@@ -9,13 +9,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from hq.models import Role
-from hq.services import ensure_user
 from jobs.models import Boot, Job, JobEvent, Server
+from tests.support.users import PASSWORD
 
 pytestmark = [pytest.mark.browser]
-
-PASSWORD = "browser-pass-123"
 
 
 def _job(boot: Boot, handle: str, submitted, **fields) -> Job:
@@ -81,10 +78,7 @@ def _world() -> Job:
     return job
 
 
-def test_type_a_handle_land_on_the_job(live_server, transactional_db, page, artifacts):
-    user = ensure_user("opal", Role.OPERATOR)
-    user.set_password(PASSWORD)
-    user.save()
+def test_type_a_handle_land_on_the_job(live_server, transactional_db, page, artifacts, opal):
     job = _world()
 
     page.goto(live_server.url + "/jobs/")
@@ -142,12 +136,9 @@ def test_type_a_handle_land_on_the_job(live_server, transactional_db, page, arti
 
 
 def test_errors_and_empty_states_read_well(live_server, transactional_db, page, sign_in,
-                                           artifacts):
-    user = ensure_user("vic", Role.VIEWER)
-    user.set_password(PASSWORD)
-    user.save()
+                                           artifacts, vera):
     _world()
-    sign_in("vic", PASSWORD)
+    sign_in("vera", PASSWORD)
 
     # An invalid filter in the URL: a 400 page that says what is wrong.
     response = page.goto(live_server.url + "/jobs/?submitted_after=yesterday")

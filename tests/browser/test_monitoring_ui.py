@@ -2,62 +2,32 @@
 
 pytest-django's live server speaks WSGI, so ``/ws/live/`` cannot connect there. Each test
 stands in for it with Playwright's websocket routing (the page's ``live.js`` talks to a
-scripted server), which also lets a test prove that a websocket message alone refreshes
-the page; the other test keeps the socket closed and relies on the polling fallback.
+scripted server, ``fake_live.FakeLive``), which also lets a test prove that a websocket
+message alone refreshes the page; the other test keeps the socket closed and relies on the
+polling fallback.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from hq.models import Role
-from hq.services import ensure_user
-from monitoring.models import QueueSnapshot, ServerState
-from tests.test_monitoring_views import build_world
+from monitoring.models import ServerState
+from tests.browser.fake_live import FakeLive
+from tests.support.users import PASSWORD
+from tests.support.worlds import snap
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "browser-pass-123"
-
 
 @pytest.fixture
-def signed_in(live_server, transactional_db, page, sign_in):  # type: ignore[no-untyped-def]
-    user = ensure_user("olga", Role.VIEWER)
-    user.set_password(PASSWORD)
-    user.save()
-    world = build_world()
-    sign_in("olga", PASSWORD)
+def signed_in(live_server, transactional_db, page, sign_in, vera, world):  # type: ignore[no-untyped-def]
+    """The monitoring world, and vera (a viewer) signed in to it; returns the world."""
+    sign_in("vera", PASSWORD)
     return world
-
-
-class FakeLive:
-    """Stands in for ``/ws/live/``: records what the page sends, sends what a test says."""
-
-    def __init__(self, page, *, accept: bool = True) -> None:  # type: ignore[no-untyped-def]
-        self.sockets: list = []
-        self.received: list[dict] = []
-        self.accept = accept
-        page.route_web_socket(re.compile(r"/ws/live/$"), self._connect)
-
-    def _connect(self, ws) -> None:  # type: ignore[no-untyped-def]
-        if not self.accept:  # like a server that is down: closes at once
-            ws.close(code=1011, reason="unavailable")
-            return
-        self.sockets.append(ws)
-        ws.on_message(lambda message: self.received.append(json.loads(message)))
-
-    def send(self, message: dict) -> None:
-        self.sockets[-1].send(json.dumps(message))
-
-
-def _snapshot(world, function: str, queued: int, *, running: int = 3, workers: int = 4):
-    QueueSnapshot.objects.create(server=world["prod"], function=function, at=timezone.now(),
-                                 total=queued + running, running=running, workers=workers)
 
 
 def _queued_cell(page, function: str):  # type: ignore[no-untyped-def]
@@ -79,7 +49,7 @@ def test_overview_rows_change_without_reload_by_polling(live_server, page, signe
     page.screenshot(path=artifacts / "overview.png", full_page=True)
 
     page.evaluate("window.__sameDocument = true")
-    _snapshot(signed_in, "resize_image", 321)
+    snap(signed_in["prod"], "resize_image", 321, running=3, workers=4)
     ServerState.objects.filter(server=signed_in["spare"]).update(
         up=True, down_since=None, polled_at=timezone.now(), last_error="",
         started_at=timezone.now() - timedelta(minutes=1))
@@ -108,7 +78,7 @@ def test_a_websocket_message_refreshes_the_overview(live_server, page, signed_in
     assert status.inner_text().strip() == "Live"
     page.evaluate("window.__sameDocument = true")
 
-    _snapshot(signed_in, "send_email", 777, running=2, workers=2)
+    snap(signed_in["prod"], "send_email", 777, running=2, workers=2)
     live.send({"type": "alert", "function": "send_email"})  # overview ignores alerts
     live.send({"type": "queue", "server": "gm-prod-1", "at": 1.0, "functions": ["send_email"]})
     page.wait_for_function(
@@ -164,7 +134,7 @@ def test_queue_page_draws_charts_and_lists_failures(live_server, page, signed_in
 
     # A live refresh keeps the drawn charts (same canvas) and feeds them the new data.
     page.evaluate("document.querySelector('[data-chart=\"depth\"] canvas').__kept = true")
-    _snapshot(signed_in, "resize_image", 450)
+    snap(signed_in["prod"], "resize_image", 450, running=3, workers=4)
     live.send({"type": "queue", "server": "gm-prod-1", "functions": ["resize_image"]})
     page.wait_for_function(
         "document.querySelector('[data-now=\"queued\"]').innerText.trim() === '450'")
