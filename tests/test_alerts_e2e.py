@@ -3,25 +3,16 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-
 import pytest
 
-from alerts import delivery, services
 from alerts.metric_values import alert_metrics
 from alerts.models import Alert, Channel, Notification, Rule
-from tests.conftest import Tap, wait_for
 from tests.receiver import Receiver
+from tests.support.alerting import tick
+from tests.support.gearman_cli import start_worker, stop_worker, submit_bg
+from tests.support.stack import Tap, wait_for
 
 pytestmark = pytest.mark.gearmand
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def depth(function: str) -> float | None:
@@ -32,21 +23,13 @@ def depth(function: str) -> float | None:
     return None
 
 
-def tick() -> services.TickResult:
-    """One evaluation tick followed by one delivery round, as the Celery beat runs them."""
-    result = services.evaluate()
-    delivery.deliver_due()
-    return result
-
-
 def test_queue_backs_up_fires_then_resolves(tap: Tap, receiver: Receiver) -> None:
     channel = Channel.objects.create(name="ops", url=receiver.url)
     rule = Rule.objects.create(name="backlog", metric="queue_depth", function="thumb*",
                                operator=">", threshold=5, for_seconds=0)
     rule.channels.add(channel)
     for i in range(20):
-        subprocess.run(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-b", "-f",
-                        "thumbnail", f"img {i}"], check=True, timeout=20)
+        submit_bg(tap.port, "thumbnail", f"img {i}")
     # the poller reports the depth within a second or two; two ticks are enough after that
     wait_for(lambda: depth("thumbnail") == 20, message="depth 20")
     fired = tick().fired or tick().fired
@@ -59,15 +42,12 @@ def test_queue_backs_up_fires_then_resolves(tap: Tap, receiver: Receiver) -> Non
     tick()  # still firing: nothing new is sent
     assert len(receiver.messages) == 1
 
-    worker = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-w", "-f",
-                               "thumbnail", "--", "cat"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    worker = start_worker(tap.port, "thumbnail", "cat")
     try:
         wait_for(lambda: depth("thumbnail") == 0, message="drained")
         resolved = tick().resolved
     finally:
-        worker.terminate()
-        worker.wait()
+        stop_worker(worker)
     assert resolved == [alert.id]
     alert.refresh_from_db()
     assert alert.state == "resolved" and alert.resolved_at is not None

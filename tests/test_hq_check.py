@@ -10,15 +10,17 @@ import os
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
 from jobs.models import Server
 from monitoring import histogram
-from monitoring.models import QueueSnapshot, Rollup
-from tests.conftest import ROOT, _test_database_url
+from monitoring.models import Rollup
+from tests.support import stack
+from tests.support.stack import MANAGE, ROOT, free_port
+from tests.support.worlds import snap
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -26,13 +28,18 @@ pytestmark = pytest.mark.usefixtures("transactional_db")
 PERFDATA = re.compile(r"^'?[^'=]+'?=(-?[0-9.]+)[a-zA-Z%]*;(-?[0-9.]*);(-?[0-9.]*)(;[-0-9.]*){0,2}$")
 
 
+def run_hq_check(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
+    """``manage.py hq_check`` in its own process, against the test database by default."""
+    env = dict(os.environ, DATABASE_URL=database_url or stack.database_url(),
+               PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(MANAGE), "hq_check", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
 def hq_check(*args: str, database_url: str | None = None) -> tuple[int, str]:
     """Exit code and the status line (the first line; Nagios reads any further lines as
     long output, so only an error message may add some)."""
-    env = dict(os.environ, DATABASE_URL=database_url or _test_database_url(),
-               PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, str(ROOT / "manage.py"), "hq_check", *args],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    out = run_hq_check(*args, database_url=database_url)
     lines = out.stdout.strip().splitlines()
     assert lines and not out.stderr.strip(), (out.stdout, out.stderr)
     if database_url is None:
@@ -40,11 +47,8 @@ def hq_check(*args: str, database_url: str | None = None) -> tuple[int, str]:
     return out.returncode, lines[0]
 
 
-def snap(server: Server, function: str, queued: int, *, workers: int = 0,
-         running: int = 0, age_s: float = 0) -> None:
-    QueueSnapshot.objects.create(server=server, function=function,
-                                 at=timezone.now() - timedelta(seconds=age_s),
-                                 total=queued + running, running=running, workers=workers)
+def ago(seconds: float) -> datetime:
+    return timezone.now() - timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -60,7 +64,7 @@ def gm1() -> Server:
 ])
 def test_queue_depth_exit_codes_and_perfdata(gm1: Server, warning: str, critical: str,
                                              code: int, status: str) -> None:
-    snap(gm1, "thumbs", 40, age_s=30)  # older poll: the latest one counts
+    snap(gm1, "thumbs", 40, at=ago(30))  # older poll: the latest one counts
     snap(gm1, "thumbs", 12)
     rc, line = hq_check("--function", "thumbs", "--metric", "queue_depth",
                         "--warning", warning, "--critical", critical)
@@ -155,15 +159,13 @@ def test_no_data_is_3(gm1: Server) -> None:
 
 
 def test_stale_snapshot_is_no_data(gm1: Server) -> None:
-    snap(gm1, "thumbs", 12, age_s=600)  # the tap stopped polling ten minutes ago
+    snap(gm1, "thumbs", 12, at=ago(600))  # the tap stopped polling ten minutes ago
     rc, line = hq_check("--function", "thumbs", "--warning", "1", "--critical", "2")
     assert rc == 3 and "no data" in line
 
 
 def test_database_down_is_3() -> None:
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends
+    port = free_port()  # bound and released: nothing listens there
     rc, line = hq_check("--warning", "1", "--critical", "2",
                         database_url=f"postgres://postgres@127.0.0.1:{port}/nope")
     assert rc == 3 and line.startswith("HQ UNKNOWN - ")
@@ -182,8 +184,6 @@ def test_large_values_keep_valid_perfdata(gm1: Server) -> None:
 
 
 def test_bad_arguments_are_unknown() -> None:
-    env = dict(os.environ, DATABASE_URL=_test_database_url(), PYTHONWARNINGS="ignore")
     for args in (["--warning", "1"], ["--warning", "abc", "--critical", "2"]):
-        out = subprocess.run([sys.executable, str(ROOT / "manage.py"), "hq_check", *args],
-                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        out = run_hq_check(*args)
         assert out.returncode == 3, (args, out.returncode, out.stderr)

@@ -6,33 +6,18 @@ Queue depth and workers come from the tap's admin poller; percentiles from rollu
 from __future__ import annotations
 
 import random
-import subprocess
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from hq.models import Role
-from hq.services import ensure_user, issue_token
 from jobs.models import Job
 from monitoring import histogram, selectors, services
-from tests.conftest import Tap, wait_for
+from tests.support.gearman_cli import start_worker, stop_worker, submit_bg
+from tests.support.stack import Tap, wait_for
 
 pytestmark = pytest.mark.gearmand
-
-
-@pytest.fixture
-def api(transactional_db: None) -> APIClient:
-    client = APIClient()
-    token = issue_token(ensure_user("monitor", Role.VIEWER))
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
-
-
-def _gearman(port: int, *args: str) -> None:
-    subprocess.run(["gearman", "-h", "127.0.0.1", "-p", str(port), *args], check=True,
-                   capture_output=True, timeout=20)
 
 
 def _queue(api: APIClient, server: str, function: str) -> dict | None:
@@ -40,60 +25,56 @@ def _queue(api: APIClient, server: str, function: str) -> dict | None:
     return next((r for r in rows if r["function"] == function), None)
 
 
-def test_queue_depth_then_drain(tap: Tap, api: APIClient) -> None:
+def test_queue_depth_then_drain(tap: Tap, api_viewer: APIClient) -> None:
     for i in range(50):
-        _gearman(tap.port, "-b", "-f", "backlog", f"job {i}")
-    row = wait_for(lambda: (q := _queue(api, tap.server, "backlog")) and q["queued"] == 50
+        submit_bg(tap.port, "backlog", f"job {i}")
+    row = wait_for(lambda: (q := _queue(api_viewer, tap.server, "backlog"))
+                   and q["queued"] == 50
                    and q["oldest_queued_age_s"] is not None and q,
                    message="queued == 50 with the oldest job's age")
     assert row["workers"] == 0 and row["running"] == 0 and row["backed_up"] is True
-    worker = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-w",
-                               "-f", "backlog", "--", "cat"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start_worker(tap.port, "backlog", "cat")
     try:
-        wait_for(lambda: (q := _queue(api, tap.server, "backlog")) and q["queued"] == 0
+        wait_for(lambda: (q := _queue(api_viewer, tap.server, "backlog")) and q["queued"] == 0
                  and q["workers"] == 1, message="drained with one worker")
         wait_for(lambda: Job.objects.filter(server__name=tap.server, function="backlog",
                                             state="completed").count() == 50,
                  message="50 jobs completed")
     finally:
-        worker.terminate()
-        worker.wait()
+        stop_worker(worker)
     services.refresh_rollups(timezone.now() - timedelta(minutes=5))
-    row = _queue(api, tap.server, "backlog")
+    row = _queue(api_viewer, tap.server, "backlog")
     assert row["completed_1h"] == 50 and row["failed_1h"] == 0
     assert row["failure_rate_1h"] == 0
     assert row["runtime_p50_ms"] is not None and row["wait_p95_ms"] is not None
 
 
-def test_worker_appears_with_its_job_then_leaves(tap: Tap, api: APIClient) -> None:
-    worker = subprocess.Popen(["gearman", "-h", "127.0.0.1", "-p", str(tap.port), "-w",
-                               "-f", "sleepy", "-f", "other", "--", "sh", "-c", "sleep 3; cat"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_worker_appears_with_its_job_then_leaves(tap: Tap, api_viewer: APIClient) -> None:
+    worker = start_worker(tap.port, ("sleepy", "other"), "sh", "-c", "sleep 3; cat")
     try:
         def listed():  # type: ignore[no-untyped-def]
-            rows = api.get("/api/v1/workers/", {"server": tap.server}).json()["results"]
+            rows = api_viewer.get("/api/v1/workers/", {"server": tap.server}).json()["results"]
             return rows[0] if rows else None
 
         row = wait_for(listed, message="worker listed")
         assert sorted(row["functions"]) == ["other", "sleepy"]
         assert row["current_job"] is None
-        _gearman(tap.port, "-b", "-f", "sleepy", "zzz")
+        submit_bg(tap.port, "sleepy", "zzz")
         row = wait_for(lambda: (r := listed()) and r["current_job"] and r,
                        message="worker shows its current job")
         job = Job.objects.get(server__name=tap.server, function="sleepy")
         assert row["current_job"]["handle"] == job.handle
         assert row["current_job"]["function"] == "sleepy"
     finally:
-        worker.terminate()
-        worker.wait()
-    wait_for(lambda: not api.get("/api/v1/workers/", {"server": tap.server}).json()["results"],
+        stop_worker(worker)
+    wait_for(lambda: not api_viewer.get("/api/v1/workers/", {"server": tap.server}
+                                        ).json()["results"],
              message="worker gone after disconnect")
 
 
-def test_server_up_then_down(tap: Tap, api: APIClient) -> None:
+def test_server_up_then_down(tap: Tap, api_viewer: APIClient) -> None:
     def server():  # type: ignore[no-untyped-def]
-        rows = api.get("/api/v1/servers/").json()["results"]
+        rows = api_viewer.get("/api/v1/servers/").json()["results"]
         return next((r for r in rows if r["name"] == tap.server), None)
 
     row = wait_for(lambda: (s := server()) and s["up"] and s, message="server up")
