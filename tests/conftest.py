@@ -19,23 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.receiver import Receiver
-
-# Moved to tests/support/; re-exported only until every test module imports them from there.
-from tests.support.stack import (  # noqa: F401
-    ARTIFACTS,
-    ROOT,
-    Gearmand,
-    Tap,
-    free_port,
-    jobs_of,
-    spawn_gearmand,
-    start_tap,
-    stop_process,
-    wait_for,
-    wait_jobs,
-)
-from tests.support.stack import database_url as _test_database_url  # noqa: F401
-from tests.support.stack import spawn_gearmand as _spawn_gearmand  # noqa: F401
+from tests.support.stack import ARTIFACTS, Gearmand, Tap, free_port, spawn_gearmand, start_tap
 from tests.support.users import api_client, make_user
 
 if TYPE_CHECKING:
