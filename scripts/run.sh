@@ -39,18 +39,61 @@ EXIT_RC=""
 
 manage() { "$HQ_PY" "$HQ_ROOT/manage.py" "$@"; }
 
+declare -A CMDS=()     # name -> the command, shell-quoted, to start it again
+declare -A RESTARTS=() # name -> restarts in a row (reset once it stays up RESTART_RESET_S)
+declare -A SINCE=()    # name -> when it was last started (epoch seconds)
+declare -A DUE=()      # name -> when a dead process is started again (epoch seconds)
+RESTART_MAX_S=60       # the longest wait between restarts
+RESTART_RESET_S=120    # up this long: the next death starts the backoff from 1 s again
+
 # start_bg NAME COMMAND...: run in its own process group, output to var/log/NAME.log.
 start_bg() {
     local name="$1" log="$HQ_LOG/$1.log"
     shift
     [ -s "$log" ] && mv -f "$log" "$log.1"
     printf '=== %s  %s\n' "$(date -Is)" "$*" >"$log"
-    setsid "$@" >>"$log" 2>&1 </dev/null &
+    CMDS[$name]="$(printf '%q ' "$@")"
+    RESTARTS[$name]=0
+    STARTED+=("$name")
+    launch "$name"
+    say "started $name (pid ${PIDS[$name]}, log var/log/$name.log)"
+}
+
+# launch NAME: (re)start NAME's command in the background, appending to its log.
+launch() {
+    local name="$1"
+    eval "setsid ${CMDS[$name]} >>\"\$HQ_LOG/$name.log\" 2>&1 </dev/null &"
     PIDS[$name]=$!
     WATCH[$name]=1
-    STARTED+=("$name")
+    SINCE[$name]=$(date +%s)
+    unset 'DUE[$name]'
     printf '%s\n' "${PIDS[$name]}" >"$HQ_RUN/$name.pid"
-    say "started $name (pid ${PIDS[$name]}, log var/log/$name.log)"
+}
+
+# schedule_restart NAME: it died; start it again after 1, 2, 4 … RESTART_MAX_S seconds
+# (the backoff of docker-compose's restart: unless-stopped), saying why in its log too.
+schedule_restart() {
+    local name="$1" now n delay
+    now=$(date +%s)
+    if ((now - SINCE[$name] >= RESTART_RESET_S)); then RESTARTS[$name]=0; fi
+    n=${RESTARTS[$name]}
+    delay=$((1 << (n < 6 ? n : 6)))
+    ((delay > RESTART_MAX_S)) && delay=$RESTART_MAX_S
+    RESTARTS[$name]=$((n + 1))
+    DUE[$name]=$((now + delay))
+    warn "restarting $name in ${delay}s (restart #$((n + 1)); it exited with code $EXIT_RC)"
+    printf '=== %s  exited with code %s; restart #%s in %ss\n' "$(date -Is)" "$EXIT_RC" \
+        "$((n + 1))" "$delay" >>"$HQ_LOG/$name.log"
+}
+
+restart_due() {
+    local name now
+    now=$(date +%s)
+    for name in "${!DUE[@]}"; do
+        ((now >= DUE[$name])) || continue
+        launch "$name"
+        say "restarted $name (pid ${PIDS[$name]}, log var/log/$name.log)"
+    done
 }
 
 alive() { kill -0 "${PIDS[$1]}" 2>/dev/null; }
@@ -294,20 +337,31 @@ if [ "${#FAILED[@]}" -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------- wait
+# Supervise: a process that dies (or did not start) is started again with backoff; Ctrl-C
+# stops everything. The demo workload ending by itself (exit 0) is not a death.
+declare -A FINISHED=()
 while :; do
-    for name in "${!WATCH[@]}"; do
+    for name in "${STARTED[@]}"; do
+        [ -n "${DUE[$name]:-}" ] || [ -n "${FINISHED[$name]:-}" ] && continue
         alive "$name" && continue
-        exit_code "$name"
-        if [ "$name" = demo ] && [ "$EXIT_RC" = 0 ]; then
-            say "demo workload finished"
-            unset 'WATCH[demo]'
-            rm -f "$HQ_RUN/demo.pid"
-            continue
+        if [ -n "${WATCH[$name]:-}" ]; then
+            exit_code "$name"
+            if [ "$name" = demo ] && [ "$EXIT_RC" = 0 ]; then
+                say "demo workload finished"
+                FINISHED[demo]=1
+                unset 'WATCH[demo]'
+                rm -f "$HQ_RUN/demo.pid"
+                continue
+            fi
+            EXIT_SAVED="$EXIT_RC"
+            report_dead "$name"
+            EXIT_RC="$EXIT_SAVED"
+        else
+            EXIT_RC="${EXIT_RC:-?}" # it failed at start and was reported then
         fi
-        report_dead "$name"
-        if [ "$name" = web ] || [ "$name" = gearmand ]; then
-            die "$name stopped; shutting everything down"
-        fi
+        schedule_restart "$name"
+        EXIT_RC=""
     done
-    sleep 2
+    restart_due
+    sleep 1
 done
