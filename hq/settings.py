@@ -145,6 +145,7 @@ CELERY_BEAT_SCHEDULE = {
                         "schedule": float(HQ_ALERT_INTERVAL)},
     "deliver-notifications": {"task": "alerts.tasks.deliver_notifications", "schedule": 5.0},
     "prune-snapshots": {"task": "monitoring.tasks.prune_old_snapshots", "schedule": 3600.0},
+    "apply-retention": {"task": "jobs.tasks.apply_retention", "schedule": 3600.0},
 }
 
 LOGGING = {

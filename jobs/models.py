@@ -151,6 +151,9 @@ class IngestBatch(models.Model):
     events = models.IntegerField()
     written_at = models.DateTimeField()
 
+    class Meta:
+        indexes = [models.Index(fields=["written_at"], name="ingestbatch_written")]  # retention
+
 
 class SearchText(models.Func):
     """The text the search box matches (``q``): handle, unique, function and the first
