@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -28,6 +30,12 @@ class InvalidInput(HQError):
     code = "invalid"
 
 
+class InvalidCursor(HQError):
+    """A pagination cursor that was tampered with, or cut short."""
+
+    code = "invalid_cursor"
+
+
 class NotFound(HQError):
     code = "not_found"
     status = 404
@@ -36,6 +44,11 @@ class NotFound(HQError):
 class Conflict(HQError):
     code = "conflict"
     status = 409
+
+
+class RateLimited(HQError):
+    code = "rate_limited"
+    status = 429
 
 
 class Unavailable(HQError):
@@ -65,8 +78,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, DjangoValidationError | DataError):
+        # a value a view passed on unchecked (the checks belong in the selectors; this is
+        # the net under them): still the client's mistake, never a 500
+        return Response(error_body("invalid", "A value in the request is not valid here."),
+                        status=400)
     if isinstance(exc, PermissionDenied):
-        exc = exceptions.PermissionDenied()
+        exc = exceptions.PermissionDenied(str(exc) or None)
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         first = next(iter(fields.items()))

@@ -197,12 +197,13 @@ def user_role(user: AbstractUser | AnonymousUser | None) -> str:
 
 
 def pretty_json(value: object) -> object:
-    """JSON text indented for reading; anything else unchanged."""
+    """JSON text indented for reading; anything else, or JSON too deeply nested to
+    indent (a payload of 30,000 ``[``), unchanged."""
     if not isinstance(value, str) or value[:1] not in ("{", "["):
         return value
     try:
         return json.dumps(json.loads(value), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value
 
 
@@ -212,16 +213,17 @@ def blob_kind(value: object) -> str:
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
             json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "text"
         return "JSON"
     return "text"
 
 
-def share(part: int | None, other: int | None) -> str:
-    """``part``'s share of ``part + other`` as a CSS percentage ("12.5")."""
+def share(part: int | None, other: int | None) -> int:
+    """``part``'s share of ``part + other`` in whole percent (0-100): the ``basis-N`` class
+    that sizes a bar (``static/css/hq.css``; no inline styles under the CSP)."""
     total = (part or 0) + (other or 0)
-    return f"{100 * (part or 0) / total:.2f}" if total > 0 else "0"
+    return max(0, min(100, round(100 * (part or 0) / total))) if total > 0 else 0
 
 
 class OnAServer(Protocol):

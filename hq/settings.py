@@ -3,11 +3,14 @@
 from pathlib import Path
 
 from .env import database_from_url, env_bool, env_int, env_list, env_str
+from .security import DEV_SECRET_KEY
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("HQ_DEBUG", False)
-SECRET_KEY = env_str("HQ_SECRET_KEY", "dev-only-insecure-key-set-HQ_SECRET_KEY-in-production")
+# The fallback lets imports work without any environment (mypy's plugin, manage.py, tests);
+# the web server and Celery refuse to start with it unless HQ_DEBUG (hq/security.py).
+SECRET_KEY = env_str("HQ_SECRET_KEY", "") or DEV_SECRET_KEY
 ALLOWED_HOSTS = env_list("HQ_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("HQ_CSRF_TRUSTED_ORIGINS", "")
 
@@ -22,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "channels",
     "hq",
@@ -32,6 +36,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "hq.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -40,6 +45,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "hq.middleware.QueryGuardMiddleware",
 ]
 
 ROOT_URLCONF = "hq.urls"
@@ -82,6 +88,16 @@ CHANNEL_LAYERS = {
     }
 }
 HQ_LIVE_INTERVAL_MS = env_int("HQ_LIVE_INTERVAL_MS", 500)
+# Django's cache (login attempt counters) lives in Redis, shared by every web process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # two test runs (or two HQs) sharing one Redis do not see each other's counters
+        "KEY_PREFIX": "hq:" + (env_str("HQ_TEST_DATABASE", "")
+                               or str(DATABASES["default"]["NAME"])),
+    }
+}
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -89,6 +105,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# HQ_SECURE=1 behind HTTPS (a TLS-terminating proxy that sets X-Forwarded-Proto): cookies
+# only over HTTPS, HSTS, and request.is_secure() from the proxy's header.
+HQ_SECURE = env_bool("HQ_SECURE", False)
+if HQ_SECURE:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("HQ_HSTS_SECONDS", 31536000)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
@@ -124,6 +148,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Job history, queues and actions for Gearman job servers.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # the schema and the docs page need a signed-in viewer, like every other page
+    "SERVE_PERMISSIONS": ["hq.permissions.ViewerReadOperatorWrite"],
+    # Swagger UI from the drf-spectacular-sidecar package (no CDN: works offline, fits CSP)
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # -- Gearman HQ's own knobs (documented in README.md) ---------------------------------------
@@ -138,6 +168,13 @@ HQ_POLL_INTERVAL = env_int("HQ_POLL_INTERVAL", 5)
 HQ_ALERT_INTERVAL = env_int("HQ_ALERT_INTERVAL", 10)
 HQ_ALERT_REPEAT_S = env_int("HQ_ALERT_REPEAT_S", 3600)
 HQ_PUBLIC_URL = env_str("HQ_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Security and privacy (README "Security"): failed sign-ins allowed per IP and user name
+# in HQ_LOGIN_WINDOW_S; functions whose payloads and results are never stored (globs);
+# whether viewers see payloads at all.
+HQ_LOGIN_ATTEMPTS = env_int("HQ_LOGIN_ATTEMPTS", 10)
+HQ_LOGIN_WINDOW_S = env_int("HQ_LOGIN_WINDOW_S", 300)
+HQ_REDACT = env_list("HQ_REDACT", "")
+HQ_VIEWERS_SEE_PAYLOADS = env_bool("HQ_VIEWERS_SEE_PAYLOADS", True)
 
 CELERY_BEAT_SCHEDULE = {
     "refresh-rollups": {"task": "monitoring.tasks.refresh_recent_rollups", "schedule": 20.0},

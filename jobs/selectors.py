@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_datetime
@@ -16,17 +16,23 @@ from .models import Job, JobEvent, SearchText, Server, State
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
            "submitted_after", "submitted_before", "q")
 STATES = {s.value for s in State}
+#: the longest value each filter may have (the column's own length; a time, a state list)
+FILTER_MAX = {"handle": 255, "function": 255, "unique": 255, "worker": 255, "server": 100,
+              "state": 200, "submitted_after": 64, "submitted_before": 64, "q": 500}
 
 
 def _time(name: str, raw: str) -> datetime:
-    value = parse_datetime(raw.strip().replace(" ", "+", 1) if "T" in raw else raw.strip())
+    hint = {name: ["Use ISO 8601, e.g. 2026-11-24T10:00:00Z."]}
+    try:  # parse_datetime raises ValueError for a well-formed impossible date (Feb 30)
+        value = parse_datetime(raw.replace(" ", "+", 1) if "T" in raw else raw)
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if value is not None:
+            value.astimezone(UTC)  # year 1 with a +01:00 offset has no UTC time
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"{name} is not a valid time: {raw!r}", fields=hint) from None
     if value is None:
-        raise InvalidInput(f"{name} is not an ISO 8601 time: {raw!r}",
-                           fields={name: ["Use ISO 8601, e.g. 2026-11-24T10:00:00Z."]})
-    if value.tzinfo is None:
-        from datetime import UTC
-
-        value = value.replace(tzinfo=UTC)
+        raise InvalidInput(f"{name} is not an ISO 8601 time: {raw!r}", fields=hint)
     return value
 
 
@@ -40,14 +46,38 @@ def _states(raw: str) -> list[str]:
     return states
 
 
-def search_jobs(params: Mapping[str, str]) -> QuerySet[Job]:
+def filter_values(params: Mapping[str, object]) -> dict[str, str]:
+    """The filters in ``params`` (a query string, or a JSON object from a bulk action),
+    stripped and checked: strings without NUL, no longer than :data:`FILTER_MAX`."""
+    value: dict[str, str] = {}
+    for name in FILTERS:
+        raw = params.get(name)
+        if raw is None:
+            raw = ""
+        if not isinstance(raw, str):
+            raise InvalidInput(f"{name} must be a string", fields={name: ["A string."]})
+        raw = raw.strip()
+        if "\0" in raw:
+            raise InvalidInput(f"{name} must not contain NUL characters",
+                               fields={name: ["No NUL (\\0) characters."]})
+        limit = FILTER_MAX[name]
+        if len(raw) > limit:
+            raise InvalidInput(f"{name} is too long ({limit} characters at most)",
+                               fields={name: [f"{limit} characters at most."]})
+        value[name] = raw
+    return value
+
+
+def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) -> QuerySet[Job]:
     """Jobs matching the filters in ``params`` (the REST/UI query string), newest first.
 
     ``q`` is the one search box: a handle, unique key, function name or any text in the
-    payload (case-insensitive substring, served by trigram indexes).
+    payload (case-insensitive substring, served by trigram indexes). Without
+    ``payload_search`` (a viewer who may not see payloads) it does not look in payloads,
+    so it cannot be used to guess them.
     """
     qs = Job.objects.select_related("server")
-    value = {k: (params.get(k) or "").strip() for k in FILTERS}
+    value = filter_values(params)
     for name in ("handle", "function", "unique", "worker"):
         if value[name]:
             qs = qs.filter(**{name: value[name]})
@@ -60,17 +90,25 @@ def search_jobs(params: Mapping[str, str]) -> QuerySet[Job]:
     if value["submitted_before"]:
         qs = qs.filter(submitted_at__lt=_time("submitted_before", value["submitted_before"]))
     if value["q"]:
-        qs = qs.alias(search_text=SearchText()).filter(_text_match(value["q"]))
+        if payload_search:
+            qs = qs.alias(search_text=SearchText()).filter(_text_match(value["q"]))
+        else:
+            qs = qs.filter(_name_match(value["q"]))
     return qs.order_by("-id")
 
 
 def _text_match(text: str) -> Q:
-    if len(text) > 500:
-        raise InvalidInput("q is too long (500 characters at most)",
-                           fields={"q": ["500 characters at most."]})
     if len(text) < 3:  # too short for a trigram index: exact matches only
         return Q(handle=text) | Q(unique=text) | Q(function=text)
     return Q(search_text__ilike=like_pattern(text))
+
+
+def _name_match(text: str) -> Q:
+    """``q`` without payloads: handle, unique or function (substring from 3 characters)."""
+    if len(text) < 3:
+        return Q(handle=text) | Q(unique=text) | Q(function=text)
+    pattern = like_pattern(text)
+    return Q(handle__ilike=pattern) | Q(unique__ilike=pattern) | Q(function__ilike=pattern)
 
 
 def get_job(job_id: int | str) -> Job:
@@ -82,7 +120,10 @@ def get_job(job_id: int | str) -> Job:
 
 def exact_job(text: str) -> Job | None:
     """The job a search box text names exactly (a handle, newest boot first), if one does."""
-    return Job.objects.filter(handle=text.strip()).order_by("-id").first()
+    text = text.strip()
+    if not text or "\0" in text or len(text) > FILTER_MAX["handle"]:
+        return None
+    return Job.objects.filter(handle=text).order_by("-id").first()
 
 
 def job_events(job: Job) -> QuerySet[JobEvent]:
@@ -93,7 +134,7 @@ def newest_page(qs: QuerySet[Job], before_id: str, size: int) -> tuple[list[Job]
     """One page of newest-first jobs, older than ``before_id``; and the next cursor."""
     raw = before_id.strip()
     if raw:
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 18:
             raise InvalidInput(f"before_id must be a job id, not {raw!r}",
                                fields={"before_id": ["A whole number."]})
         qs = qs.filter(id__lt=int(raw))
