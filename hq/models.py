@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Role(models.TextChoices):
@@ -16,6 +18,9 @@ class Role(models.TextChoices):
 
 
 ROLE_RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+#: ``last_used_at`` is written at most this often per token (one UPDATE a minute, not one
+#: per request)
+LAST_USED_EVERY_S = 60
 
 
 def hash_token(raw: str) -> str:
@@ -23,20 +28,38 @@ def hash_token(raw: str) -> str:
 
 
 class ApiToken(models.Model):
-    """A bearer token. Only its SHA-256 is stored; the token itself is shown once."""
+    """A bearer token. Only its SHA-256 is stored; the token itself is shown once.
+
+    (A token is 32 random bytes, so a plain hash is enough: there is nothing to guess that
+    a slow, salted hash would protect.) Revoking deletes the row.
+    """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                              related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, default="")
     digest = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=12)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["prefix"], name="apitoken_prefix")]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
 
     @classmethod
-    def issue(cls, user: models.Model) -> tuple[ApiToken, str]:
+    def issue(cls, user: models.Model, *, name: str = "",
+              expires_at: datetime | None = None) -> tuple[ApiToken, str]:
         raw = "hq_" + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, digest=hash_token(raw), prefix=raw[:10])
+        token = cls.objects.create(user=user, digest=hash_token(raw), prefix=raw[:10],
+                                   name=name, expires_at=expires_at)
         return token, raw
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def last_used_is_stale(self, now: datetime) -> bool:
+        return (self.last_used_at is None
+                or (now - self.last_used_at).total_seconds() >= LAST_USED_EVERY_S)

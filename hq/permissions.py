@@ -29,3 +29,13 @@ class AdminOnly(BasePermission):
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         return has_role(request.user, Role.ADMIN)
+
+
+class ViewerForOwnThings(BasePermission):
+    """Any method for anyone with at least the viewer role: for things that are the user's
+    own (their API tokens), where the view itself limits what they reach."""
+
+    message = "Your account has no role in Gearman HQ yet."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return has_role(request.user, Role.VIEWER)

@@ -1,0 +1,7 @@
+from rest_framework.routers import SimpleRouter
+
+from . import api
+
+router = SimpleRouter()
+router.register("tokens", api.TokenViewSet, basename="token")
+urlpatterns = router.urls
