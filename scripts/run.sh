@@ -17,6 +17,9 @@
 #   HQ_SECRET_KEY                 default: generated once into var/secret_key
 #   DATABASE_URL, REDIS_URL       see scripts/services.sh
 set -euo pipefail
+# Everything this script and what it starts create under var/ (logs, run.env with the admin
+# password and API token, the secret key, database files) is readable by this user only.
+umask 077
 # shellcheck source=scripts/services.sh
 source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 cd "$HQ_ROOT"
@@ -29,6 +32,8 @@ HQ_DEMO="${HQ_DEMO:-1}"
 [ -x "$HQ_PY" ] || die "no virtualenv: run make run (or make venv) instead of this script"
 [ -f manage.py ] || die "manage.py not found in $HQ_ROOT"
 mkdir -p "$HQ_LOG" "$HQ_RUN"
+# files an older make run left readable by others (umask applies to new files only)
+chmod -f go-rwx "$HQ_VAR"/run.env "$HQ_VAR"/secret_key "$HQ_VAR"/api_token "$HQ_LOG"/*.log* 2>/dev/null || true
 
 # ---------------------------------------------------------------- process bookkeeping
 STARTED=()          # names, in start order
@@ -266,7 +271,10 @@ manage collectstatic --noinput >"$HQ_LOG/collectstatic.log" 2>&1 || {
     die "collectstatic failed (full output: var/log/collectstatic.log)"
 }
 say "manage.py hq_setup (admin user and API token)"
-manage hq_setup >"$HQ_LOG/hq_setup.log" 2>&1 || {
+# the admin password and token are in this log: 0600 even when an older one exists; the
+# make-run token is minted once and kept in var/api_token (0600), reused by later runs
+: >"$HQ_LOG/hq_setup.log" && chmod 600 "$HQ_LOG/hq_setup.log"
+manage hq_setup --token-file "$HQ_VAR/api_token" >"$HQ_LOG/hq_setup.log" 2>&1 || {
     log_tail "$HQ_LOG/hq_setup.log"
     die "hq_setup failed (full output: var/log/hq_setup.log)"
 }

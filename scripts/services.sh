@@ -339,6 +339,7 @@ services_main() {
     set -euo pipefail
     case "${1:-}" in
     up)
+        umask 077 # var/: this user's only (database files, logs, run.env)
         services_up
         write_run_env "DATABASE_URL=$DATABASE_URL" "REDIS_URL=$REDIS_URL"
         say "wrote var/run.env; these stay running until: make stop"
