@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,6 +13,7 @@ from hq.pagination import NewestFirst, OldestFirst
 
 from . import selectors
 from .models import Job, JobEvent
+from .redaction import may_see_payloads
 from .serializers import JobEventSerializer, JobSerializer
 
 JOB_FILTERS = [
@@ -34,7 +37,9 @@ class JobList(generics.ListAPIView[Job]):
     pagination_class = NewestFirst
 
     def get_queryset(self) -> QuerySet[Job]:
-        return selectors.search_jobs(self.request.query_params).select_related("boot")
+        return selectors.search_jobs(
+            self.request.query_params, payload_search=may_see_payloads(self.request.user),
+        ).select_related("boot")
 
 
 class JobDetail(generics.RetrieveAPIView[Job]):
@@ -49,5 +54,12 @@ class JobEvents(generics.ListAPIView[JobEvent]):
     pagination_class = OldestFirst
 
     def get_queryset(self) -> QuerySet[JobEvent]:
-        job = selectors.get_job(self.kwargs["pk"])
-        return selectors.job_events(job)
+        self.job = selectors.get_job(self.kwargs["pk"])
+        return selectors.job_events(self.job)
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = dict(super().get_serializer_context())
+        job = getattr(self, "job", None)
+        if job is not None:
+            context["job_function"] = job.function
+        return context

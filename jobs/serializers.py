@@ -8,6 +8,22 @@ from typing import Any
 from rest_framework import serializers
 
 from .models import Job, JobEvent
+from .redaction import is_redacted, withheld
+
+
+def _withheld(serializer: serializers.Serializer[Any], function: str | None) -> str | None:
+    """Redacted (HQ_REDACT), hidden from this viewer, or None. Without a request in the
+    context (a job rendered for a script or a message) only redaction applies."""
+    request = serializer.context.get("request")
+    if request is None:
+        return "redacted" if is_redacted(function) else None
+    cache: dict[str | None, str | None] | None = getattr(serializer, "_withheld_cache", None)
+    if cache is None:  # one role lookup per serializer, not one per row
+        cache = {}
+        serializer._withheld_cache = cache  # type: ignore[attr-defined]
+    if function not in cache:
+        cache[function] = withheld(function, request.user)
+    return cache[function]
 
 
 def encode(value: bytes | str | None) -> tuple[str | None, str | None]:
@@ -30,6 +46,8 @@ class JobSerializer(serializers.ModelSerializer[Job]):
     result_encoding = serializers.SerializerMethodField()
     result_truncated = serializers.BooleanField(read_only=True)
     boot = serializers.CharField(source="boot.token", default=None)
+    payload_redacted = serializers.SerializerMethodField()
+    payload_hidden = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -38,7 +56,8 @@ class JobSerializer(serializers.ModelSerializer[Job]):
             "state", "submitted_at", "scheduled_for", "started_at", "finished_at", "wait_ms",
             "runtime_ms", "attempts", "worker", "progress", "payload", "payload_encoding",
             "payload_size", "payload_truncated", "result", "result_encoding", "result_size",
-            "result_truncated", "error", "clients", "retry_of",
+            "result_truncated", "error", "clients", "retry_of", "payload_redacted",
+            "payload_hidden",
         ]
 
     def get_priority(self, job: Job) -> str | None:
@@ -50,17 +69,28 @@ class JobSerializer(serializers.ModelSerializer[Job]):
         return {"numerator": job.progress_numerator or 0,
                 "denominator": job.progress_denominator}
 
+    def get_payload_redacted(self, job: Job) -> bool:
+        """HQ_REDACT: payload and result are not stored for this function (only sizes)."""
+        return _withheld(self, job.function) == "redacted"
+
+    def get_payload_hidden(self, job: Job) -> bool:
+        """HQ_VIEWERS_SEE_PAYLOADS is off and you are a viewer."""
+        return _withheld(self, job.function) == "hidden"
+
+    def _shown(self, job: Job, value: bytes | str | None) -> tuple[str | None, str | None]:
+        return (None, None) if _withheld(self, job.function) else encode(value)
+
     def get_payload(self, job: Job) -> str | None:
-        return encode(job.payload)[0]
+        return self._shown(job, job.payload)[0]
 
     def get_payload_encoding(self, job: Job) -> str | None:
-        return encode(job.payload)[1]
+        return self._shown(job, job.payload)[1]
 
     def get_result(self, job: Job) -> str | None:
-        return encode(job.result)[0]
+        return self._shown(job, job.result)[0]
 
     def get_result_encoding(self, job: Job) -> str | None:
-        return encode(job.result)[1]
+        return self._shown(job, job.result)[1]
 
 
 class JobEventSerializer(serializers.ModelSerializer[JobEvent]):
@@ -74,11 +104,18 @@ class JobEventSerializer(serializers.ModelSerializer[JobEvent]):
         fields = ["id", "at", "kind", "worker", "conn", "numerator", "denominator", "data",
                   "data_encoding", "size", "detail"]
 
+    def _shown(self, event: JobEvent) -> tuple[str | None, str | None]:
+        """Event data of a job whose payloads this requester may not see is left out (the
+        view puts the job's function in the context as ``job_function``)."""
+        if "job_function" in self.context and _withheld(self, self.context["job_function"]):
+            return None, None
+        return encode(event.data)
+
     def get_data(self, event: JobEvent) -> str | None:
-        return encode(event.data)[0]
+        return self._shown(event)[0]
 
     def get_data_encoding(self, event: JobEvent) -> str | None:
-        return encode(event.data)[1]
+        return self._shown(event)[1]
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:

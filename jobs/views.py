@@ -16,6 +16,7 @@ from hq.errors import InvalidInput, NotFound
 from hq.web import HtmxHttpRequest, is_fragment, render_page, viewer_required
 
 from .models import State
+from .redaction import may_see_payloads, withheld
 from .selectors import exact_job, get_job, job_events, newest_page, search_jobs, server_names
 
 PAGE_SIZE = 50
@@ -34,8 +35,8 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
     status = 200
     try:
         before = params.get("before_id", "")
-        context["jobs"], context["older_than"] = newest_page(search_jobs(params), before,
-                                                             PAGE_SIZE)
+        jobs = search_jobs(params, payload_search=may_see_payloads(request.user))
+        context["jobs"], context["older_than"] = newest_page(jobs, before, PAGE_SIZE)
     except InvalidInput as exc:
         context["error"], status = exc, 400
     if not partial:
@@ -55,4 +56,6 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         job = get_job(pk)
     except NotFound as exc:
         raise Http404(exc.message) from None
-    return render(request, "jobs/detail.html", {"job": job, "events": list(job_events(job))})
+    context = {"job": job, "events": list(job_events(job)),
+               "withheld": withheld(job.function, request.user)}
+    return render(request, "jobs/detail.html", context)
