@@ -39,7 +39,9 @@ def send(url: str, title: str, body: str) -> SendResult:
     with apprise.LogCapture(level=apprise.logging.WARNING, fmt="%(message)s") as logs:
         if not notifier.add(url):
             return SendResult(False, "not a valid apprise URL (check its scheme and format)")
-        ok = notifier.notify(title=title, body=body)
+        # plain text in: apprise escapes it for HTML mail and Slack markup, so a function
+        # name like <img src=x onerror=...> or *bold* arrives as the characters it is
+        ok = notifier.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT)
         captured = logs.getvalue().strip()
     if ok:
         return SendResult(True)

@@ -9,6 +9,11 @@ no database access per message.
 Client → server: ``{"subscribe": {"function": "resize_*", "handle": "H:x:1"}}`` (either
 key optional, globs; ``{"subscribe": {}}`` resets). Answer: ``{"type": "subscribed",
 "function": ..., "handle": ...}``, or ``{"type": "error", "error": {"code", "message"}}``.
+
+A connection may name at most :data:`SUBSCRIPTIONS_MAX` different functions and handles over
+its life (each exact handle is registered in a Redis set every publisher reads); past that
+a subscribe is refused with the error code ``too_many_subscriptions`` and the current
+subscription stays.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ CLOSE_FORBIDDEN = 4403
 #: re-join the group and re-watch the handle this often (group and watch entries expire)
 REFRESH_S = 300
 PATTERN_MAX = 255
+#: different function and handle values one connection may subscribe to
+SUBSCRIPTIONS_MAX = 100
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.group = live.GROUP
         self.subscription = live.Subscription.of()
+        self.named: set[tuple[str, str]] = set()  # every (key, value) subscribed so far
         self.joined = False
         self.refresher: asyncio.Task[None] | None = None
         user = await self._user()
@@ -114,6 +122,13 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if value is not None and (not isinstance(value, str) or len(value) > PATTERN_MAX):
                 await self._error(f"{name} must be a string of at most {PATTERN_MAX} characters")
                 return
+        new = {(k, v) for k, v in (("function", function), ("handle", handle)) if v}
+        if len(self.named | new) > SUBSCRIPTIONS_MAX:
+            await self._error(f"a connection may subscribe to at most {SUBSCRIPTIONS_MAX} "
+                              "functions and handles: open a new one",
+                              code="too_many_subscriptions")
+            return
+        self.named |= new
         self.subscription = live.Subscription.of(function, handle)
         if self.subscription.handle:
             with contextlib.suppress(Exception):  # without it, samples still often show it
@@ -122,9 +137,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "subscribed", "function": self.subscription.function,
                               "handle": self.subscription.handle})
 
-    async def _error(self, message: str) -> None:
-        await self.send_json({"type": "error",
-                              "error": {"code": "bad_request", "message": message}})
+    async def _error(self, message: str, code: str = "bad_request") -> None:
+        await self.send_json({"type": "error", "error": {"code": code, "message": message}})
 
     # -- group → client -------------------------------------------------------------------------
 
