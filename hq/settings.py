@@ -163,6 +163,13 @@ HQ_SERVER_NAME = env_str("HQ_SERVER_NAME", "local")
 HQ_SPOOL_DIR = Path(env_str("HQ_SPOOL_DIR", str(BASE_DIR / "var" / "spool")))
 HQ_INGEST_BATCH = env_int("HQ_INGEST_BATCH", 5000)
 HQ_INGEST_FLUSH_MS = env_int("HQ_INGEST_FLUSH_MS", 200)
+# The ingest writer's bounds (README "Reliability"): disk spool and quarantine sizes in
+# bytes, its connection's connect and statement timeouts, the lag that makes a tap unhealthy.
+HQ_SPOOL_MAX = env_int("HQ_SPOOL_MAX", 1 << 30)
+HQ_QUARANTINE_MAX = env_int("HQ_QUARANTINE_MAX", 256 << 20)
+HQ_INGEST_CONNECT_TIMEOUT_S = env_int("HQ_INGEST_CONNECT_TIMEOUT_S", 5)
+HQ_INGEST_STATEMENT_TIMEOUT_MS = env_int("HQ_INGEST_STATEMENT_TIMEOUT_MS", 30000)
+HQ_TAP_LAG_MAX_S = env_int("HQ_TAP_LAG_MAX_S", 30)
 HQ_EVENT_RETENTION_DAYS = env_int("HQ_EVENT_RETENTION_DAYS", 30)
 HQ_POLL_INTERVAL = env_int("HQ_POLL_INTERVAL", 5)
 HQ_ALERT_INTERVAL = env_int("HQ_ALERT_INTERVAL", 10)

@@ -10,28 +10,34 @@ takes the queued events in batches and, in one transaction per batch:
    table and merges them into ``jobs_job`` with one statement
    (``jobs/sql/upsert_jobs.sql``).
 
-The statements and COPYs are in ``jobs/store.py``, built from the models and the ``Delta``
-dataclass; this module is the queue, the writer thread, the spool and the batches.
+The statements are in ``jobs/store.py``; one batch's transaction, and what is done with
+rows Postgres refuses, in ``jobs/batches.py``; this module is the queue, the writer
+thread and the spool. Idempotency is per batch rather than per event because a batch is
+the unit that commits, spools and replays: that keeps the hot path a plain COPY.
 
-Idempotency is per batch rather than per event because a batch is the unit that commits,
-spools and replays: that keeps the hot path a plain COPY (no per-row conflict check).
+Nothing stops the writer:
 
-When Postgres cannot be reached the batch goes to a disk spool and the writer retries with
-backoff; spooled batches are replayed in order before any newer one, so the job rows fold
-events in the order they happened.
+* rows Postgres refuses for their data are quarantined one by one, the others written
+  (``jobs/batches.py``, ``jobs/quarantine.py``); a spool file that cannot be read is moved
+  into the quarantine folder;
+* while Postgres is away (or slow), queued events go to the disk spool in batch-sized
+  files rather than wait in memory: at once when a write fails, and whenever more than
+  ``queue_max`` events wait. Spooled batches are replayed in order before any newer one,
+  so job rows fold events in the order they happened. The spool is bounded
+  (``HQ_SPOOL_MAX``): past it the oldest batches are dropped, counted and logged;
+* any other error is logged and the writer carries on; only an error that repeats
+  :data:`FAILURES_MAX` times in a row ends the thread, and the tap process then exits so
+  its supervisor restarts it (``hq/tap/threads.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +46,19 @@ import psycopg
 from broker.tracker import Event
 
 from . import store
-from .fold import EventRow, fold, split_bytes
-from .spool import Spool
+from .batches import TRANSIENT, Batch, BatchStore, error_text, rows_of
+from .fold import EventRow
+from .quarantine import FOLDER, Quarantine
+from .spool import Spool, SpoolCorrupt
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """The unit that commits, spools and replays: its id makes a replay a no-op."""
-
-    id: uuid.UUID
-    rows: list[EventRow]
-
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+#: unexpected errors in a row after which the writer thread gives up (and the tap exits)
+FAILURES_MAX = 10
+#: while Postgres is away, a partial batch waits at most this long before it is spooled
+SPILL_PARTIAL_S = 1.0
+#: the spool fill (of HQ_SPOOL_MAX) from which a warning is logged and reported
+SPOOL_WARN = 0.8
 
 
 class EventWriter:
@@ -65,27 +68,33 @@ class EventWriter:
         self, server: str, conninfo: str, *, spool_dir: Path, batch: int = 5000,
         flush_ms: int = 200, address: str = "",
         on_commit: Callable[[list[store.Changed]], None] | None = None,
+        spool_max: int = 0, queue_max: int | None = None, quarantine_max: int = 256 << 20,
     ) -> None:
         self.server_name = server
-        self.address = address
-        self.conninfo = conninfo
         self.batch = batch
         self.flush_s = flush_ms / 1000
-        self.spool: Spool[Batch] = Spool(spool_dir / server)
-        # told (id, handle, function, state) of the jobs a batch changed, once committed
-        self.on_commit = on_commit
+        self.queue_max = queue_max or 4 * batch
+        self.spool: Spool[Batch] = Spool(spool_dir / server, max_bytes=spool_max)
+        self.quarantine = Quarantine(spool_dir / server / FOLDER, max_bytes=quarantine_max)
+        # on_commit: told (id, handle, function, state) of the jobs a batch changed
+        self.store = BatchStore(server, address, conninfo, self.quarantine,
+                                on_commit=on_commit)
         self._queue: deque[Event] = deque()
         self._prefix = uuid.uuid4().int >> 64 << 64
         self._seq = 0
-        self._conn: psycopg.Connection[Any] | None = None
-        self._server_id: int | None = None
-        self._boots: dict[str, int] = {}
-        self._partitions: set[date] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._state = "new"
+        self._down = False
+        self._backoff = 0.5
+        self._retry_at = 0.0
+        self._last_spill = 0.0
+        self._give_up_at: float | None = None
+        self._spool_warned = False
         self.counters = {"events_in": 0, "events_written": 0, "duplicates": 0, "batches": 0,
-                         "db_errors": 0, "spooled_batches": 0, "lag_ms": 0}
+                         "db_errors": 0, "spooled_batches": 0, "commit_lag_ms": 0,
+                         "spool_dropped_events": 0, "lost_events": 0, "writer_errors": 0}
 
     # -- the tap side: cheap ------------------------------------------------------------
 
@@ -98,171 +107,252 @@ class EventWriter:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and health for the tap's stats (safe from any thread)."""
+        spool = self.spool
+        return {
+            **self.counters, **self.quarantine.counters,
+            "state": self._state, "writer_alive": self._state == "running",
+            "db_up": not self._down, "queued": len(self._queue),
+            "queue_events": len(self._queue), "queue_max": self.queue_max,
+            "spool_batches": len(spool), "spool_events": spool.events(),
+            "spool_bytes": spool.size_bytes(), "spool_max": spool.max_bytes,
+            "lag_ms": self.lag_ms(),
+        }
+
+    def lag_ms(self) -> int:
+        """Age of the oldest event not yet committed (spooled or queued); 0 when none."""
+        oldest = self.spool.oldest_at()
+        if oldest is None:
+            try:
+                oldest = self._queue[0].ts
+            except IndexError:
+                return 0
+        return max(0, int((time.time() - oldest) * 1000))
+
     # -- the writer thread ----------------------------------------------------------------
 
     def start(self) -> None:
+        self._state = "running"
         self._thread = threading.Thread(target=self._run, name="hq-event-writer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Flush what is queued (to Postgres, or the spool) and stop."""
+        self._give_up_at = time.monotonic() + timeout * 0.8
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._conn is not None:
-            self._conn.close()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            if self._queue:  # never started, or died: keep what it held
+                self._spool_queue()
+            self.store.reset()
 
     def _run(self) -> None:
-        backoff = 0.5
+        try:
+            self._loop()
+        except BaseException:
+            self._state = "dead"
+            log.critical("the event writer thread stopped after repeated errors", exc_info=True)
+            raise
+        self._state = "stopped"
+
+    def _loop(self) -> None:
+        failures = 0
         while True:
             self._wake.wait(self.flush_s)
             self._wake.clear()
             stopping = self._stop.is_set()
             try:
-                self.flush()
-                backoff = 0.5
-            except psycopg.Error as exc:
-                self._db_down(exc)
-                if stopping:
-                    self._spool_queue()
-                    return
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if stopping and not self._queue:
+                self._cycle(stopping)
+                failures = 0
+            except Exception:
+                failures += 1
+                self.counters["writer_errors"] += 1
+                log.exception("event writer: unexpected error (%d in a row)", failures)
+                if failures >= FAILURES_MAX:
+                    raise
+                if not stopping:
+                    self._stop.wait(min(failures, 5))
+                    continue
+                self._spool_queue()
+            if stopping:
                 return
 
-    def flush(self) -> None:
-        """Write spooled batches, then everything queued. Raises psycopg.Error."""
-        self._replay_spool()
+    def _cycle(self, stopping: bool) -> None:
+        """One wake-up: write (spool first, then the queue), or, while Postgres is away,
+        spill the queue to disk until the next attempt is due."""
+        if self._down:
+            due = time.monotonic() >= self._retry_at
+            partial = time.monotonic() - self._last_spill >= SPILL_PARTIAL_S
+            self._spill(everything=due or partial or stopping)
+            if not due and not stopping:
+                return
+        try:
+            self.flush(bounded=True)
+        except TRANSIENT as exc:
+            self._db_down(exc)
+            self._spill(everything=True)
+            return
+        if self._down:
+            log.info("Postgres is back: ingest resumed (%d batches still spooled)",
+                     len(self.spool))
+        self._down = False
+        self._backoff = 0.5
+
+    def flush(self, *, bounded: bool = False) -> None:
+        """Write spooled batches, then everything queued. Raises a transient psycopg
+        error (``OperationalError``) when Postgres is away: the batch in hand is spooled
+        first. ``bounded`` (the thread): keep at most ``queue_max`` events in memory, and
+        when stopping, give up replaying in time and spool the rest."""
+        self._replay_spool(bounded)
         while self._queue:
-            batch = self._take()
-            try:
-                self._write(batch)
-            except psycopg.Error:
-                self.spool.put(batch)
-                self.counters["spooled_batches"] += 1
-                raise
+            if bounded and self._out_of_time():
+                self._spill(everything=True)
+                return
+            self._write_or_spool(self._take())
+            if bounded:
+                self._spill(everything=False, keep=self.queue_max)
+
+    def _out_of_time(self) -> bool:
+        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
 
     def _take(self) -> Batch:
-        events = []
         queue = self._queue
-        for _ in range(min(self.batch, len(queue))):
-            events.append(queue.popleft())
+        events = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
         self.counters["events_in"] += len(events)
         return Batch(uuid.uuid4(), self._rows(events))
 
     def _spool_queue(self) -> None:
         while self._queue:
-            self.spool.put(self._take())
-            self.counters["spooled_batches"] += 1
+            self._spool_put(self._take())
 
-    def _replay_spool(self) -> None:
+    def _spill(self, *, everything: bool, keep: int = 0) -> None:
+        """Move queued events to the spool, oldest first, in batch-sized files: all of
+        them (``everything``), else whole batches while more than ``keep`` wait."""
+        queue = self._queue
+        while queue and (everything or (len(queue) > keep and len(queue) >= self.batch)):
+            self._spool_put(self._take())
+        if everything:
+            self._last_spill = time.monotonic()
+
+    def _replay_spool(self, bounded: bool = False) -> None:
         while True:
-            item = self.spool.oldest()
+            if bounded and self._out_of_time():
+                return
+            try:
+                item = self.spool.oldest()
+            except SpoolCorrupt as exc:
+                self._set_aside(exc)
+                continue
             if item is None:
                 return
             name, batch = item
+            if not isinstance(batch, Batch):
+                self._set_aside(SpoolCorrupt(name, TypeError(f"not a batch: {type(batch)}")))
+                continue
             self._write(batch)
             self.spool.remove(name)
             log.info("replayed spooled batch %s (%d events)", name, len(batch.rows))
+            if bounded:
+                self._spill(everything=False, keep=self.queue_max)
+
+    def _set_aside(self, exc: SpoolCorrupt) -> None:
+        path = self.spool.move_aside(exc.name, self.quarantine.dir)
+        self.quarantine.corrupt_file(path)
+        log.error("%s; moved to %s and skipped", exc, path)
 
     def _db_down(self, exc: Exception) -> None:
         self.counters["db_errors"] += 1
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-        self._conn = None
-        if self.counters["db_errors"] % 20 == 1:
-            log.warning("Postgres unavailable (%s); spooling events to %s",
-                        str(exc).strip(), self.spool.dir)
+        self.store.reset()
+        if not self._down or self.counters["db_errors"] % 20 == 1:
+            log.warning("Postgres unavailable (%s); spooling events to %s, next try in %.1f s",
+                        error_text(exc), self.spool.dir, self._backoff)
+        self._down = True
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 10.0)
 
     # -- turning events into rows ---------------------------------------------------------
 
+    def _next_id(self) -> uuid.UUID:
+        self._seq += 1
+        return uuid.UUID(int=self._prefix | self._seq)
+
     def _rows(self, events: list[Event]) -> list[EventRow]:
-        rows = []
-        prefix = self._prefix
-        seq = self._seq
-        for ev in events:
-            seq += 1
-            text, raw = split_bytes(ev.data, ev.data is not None and ev.size > len(ev.data))
-            rows.append(EventRow(
-                uuid.UUID(int=prefix | seq), _ts(ev.ts), ev.boot, ev.handle, ev.kind, ev.conn,
-                ev.worker or "", ev.numerator, ev.denominator, text, raw, ev.size,
-                ev.detail or "", ev.function, ev.unique, ev.priority, ev.background,
-                _ts(ev.epoch) if ev.epoch else None,
-            ))
-        self._seq = seq
+        rows, rejected = rows_of(events, self._next_id)
+        for event, why in rejected:
+            self.quarantine.add([event], error=why, kind="event")
+            log.warning("quarantined an event that cannot be stored: %s", why[:300])
         return rows
 
     # -- the database side ------------------------------------------------------------------
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self.conninfo, autocommit=False)
-            store.create_stage(conn)
-            conn.commit()
-            self._conn = conn
-            self._server_id = None
-            self._boots.clear()
-        return self._conn
+    def _write_or_spool(self, batch: Batch) -> None:
+        try:
+            self._write(batch)
+        except TRANSIENT:
+            self._spool_put(batch)
+            raise
 
     def _write(self, batch: Batch) -> None:
+        done = self.store.write(batch)
+        c = self.counters
+        c["batches"] += done.batches
+        c["events_written"] += done.events
+        c["duplicates"] += done.duplicates
+        if batch.rows:
+            c["commit_lag_ms"] = int((time.time() - batch.rows[-1].at.timestamp()) * 1000)
+
+    def _spool_put(self, batch: Batch) -> None:
         rows = batch.rows
         if not rows:
             return
-        conn = self._connection()
-        started = time.monotonic()
-        with conn.transaction():
-            server_id = self._server(conn)
-            if not store.claim(conn, batch.id, server_id, len(rows)):
-                self.counters["duplicates"] += len(rows)
-                return
-            boots = {token: self._boot(conn, server_id, token, rows)
-                     for token in {r.boot for r in rows}}
-            self._ensure_partitions(conn, rows)
-            store.copy_events(conn, server_id, boots, rows)
-            changed = store.upsert_jobs(conn, server_id, boots, fold(rows))
-        if self.on_commit is not None:
-            try:
-                self.on_commit(changed)
-            except Exception:  # a live-stream hiccup must never stop ingest
-                log.exception("on_commit hook failed")
-        self.counters["batches"] += 1
-        self.counters["events_written"] += len(rows)
-        self.counters["lag_ms"] = int((time.time() - rows[-1].at.timestamp()) * 1000)
-        log.debug("batch of %d events in %.1f ms", len(rows),
-                  (time.monotonic() - started) * 1000)
+        try:
+            dropped = self.spool.put(batch, events=len(rows), first_at=rows[0].at.timestamp())
+        except OSError as exc:
+            self.counters["lost_events"] += len(rows)
+            log.error("could not spool %d events to %s (%s): they are lost", len(rows),
+                      self.spool.dir, exc)
+            return
+        self.counters["spooled_batches"] += 1
+        if dropped:
+            lost = sum(e.events for e in dropped)
+            self.counters["spool_dropped_events"] += lost
+            log.error("spool %s reached HQ_SPOOL_MAX (%d bytes): dropped the %d oldest "
+                      "batches (%d events) to make room", self.spool.dir, self.spool.max_bytes,
+                      len(dropped), lost)
+        self._check_fill()
 
-    def _server(self, conn: psycopg.Connection[Any]) -> int:
-        if self._server_id is None:
-            self._server_id = store.server_id(conn, self.server_name, self.address)
-        return self._server_id
-
-    def _boot(self, conn: psycopg.Connection[Any], server_id: int, token: str,
-              rows: list[EventRow]) -> int:
-        boot_id = self._boots.get(token)
-        if boot_id is None:
-            first = min(r.at for r in rows if r.boot == token)
-            boot_id = self._boots[token] = store.boot_id(conn, server_id, token, first)
-        return boot_id
-
-    def _ensure_partitions(self, conn: psycopg.Connection[Any], rows: list[EventRow]) -> None:
-        days = {r.at.date() for r in rows} - self._partitions
-        for day in days:
-            store.ensure_partition(conn, day)
-            self._partitions.add(day)
+    def _check_fill(self) -> None:
+        limit = self.spool.max_bytes
+        if not limit:
+            return
+        fill = self.spool.size_bytes() / limit
+        if fill >= SPOOL_WARN and not self._spool_warned:
+            self._spool_warned = True
+            log.warning("spool %s is %.0f %% full (%d of HQ_SPOOL_MAX=%d bytes)",
+                        self.spool.dir, fill * 100, self.spool.size_bytes(), limit)
+        elif fill < SPOOL_WARN / 2:
+            self._spool_warned = False
 
 
 def conninfo_from_settings() -> str:
+    """The writer's own connection: bounded connect time and statement time, keepalives so
+    a vanished server is noticed, times in UTC."""
     from django.conf import settings
 
     db: dict[str, Any] = settings.DATABASES["default"]
+    statement_ms = settings.HQ_INGEST_STATEMENT_TIMEOUT_MS
     return psycopg.conninfo.make_conninfo(
         dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
         host=db["HOST"], port=db["PORT"], application_name="gearman-hq-ingest",
-        options="-c timezone=UTC",
+        connect_timeout=max(1, settings.HQ_INGEST_CONNECT_TIMEOUT_S),
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+        options=f"-c timezone=UTC -c statement_timeout={int(statement_ms)}",
     )
-
-
