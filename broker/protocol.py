@@ -15,13 +15,16 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .limits import MAX_PACKET
+
 REQ = b"\0REQ"
 RES = b"\0RES"
 HEADER = struct.Struct(">4sII")
 HEADER_SIZE = HEADER.size
 
-#: gearmand's own default limit is far below this; anything larger is not Gearman.
-DEFAULT_MAX_PACKET = 64 * 1024 * 1024
+#: A larger declared size is not Gearman (a packet is buffered whole until it is complete;
+#: the tap bounds all such buffers together, see broker.limits.PARSE_BUDGET).
+DEFAULT_MAX_PACKET = MAX_PACKET
 #: an admin command or reply line longer than this is garbage, not a command.
 DEFAULT_MAX_LINE = 64 * 1024
 

@@ -5,21 +5,49 @@ sockets or databases. It pairs each SUBMIT_JOB* with the JOB_CREATED that answer
 connection, first in first out), follows the job to the worker connection that is assigned
 it, and turns WORK_* packets into events. A job is named by (boot, handle): gearmand
 restarts its handle counter at 1 when it restarts, so a counter that goes back starts a new
-boot.
+boot (see :mod:`broker.boots`).
 
 What it cannot know it does not invent: a job that was already queued or running when the
 capture started shows up with the facts later packets carry (handle, function, worker,
 result) and nothing else.
+
+What a packet says is believed only where gearmand would believe it (counted in
+``counters``, never raised):
+
+- a WORK_* reply (complete, fail, exception, status, data, warning) counts only from the
+  worker connection gearmand assigned the job to. From another connection it is
+  ``forged``, unless HQ may have missed that connection's assignment: it lost bytes of
+  that connection, or joined it after it began and has not seen the job assigned anywhere;
+- gearmand's own WORK_* to a client counts only on a connection waiting for the job;
+- a packet whose magic contradicts its direction (``\\0RES`` from a peer) is
+  ``misdirected``;
+- every string, number and time is made storable by a :class:`~broker.values.Cleaner`,
+  and what the tracker keeps is bounded by :mod:`broker.limits`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from .protocol import AdminLine, Packet, PacketType
+from .adminwatch import looks_like_reply
+from .boots import BootTracking, handle_number
+from .jobstate import Conn, Event, Job, Submit
+from .limits import (
+    FUNCTION_MAX,
+    INT4_MAX,
+    JOBS_MAX,
+    PENDING_MAX,
+    PENDING_PAYLOAD_BUDGET,
+    PENDING_TOTAL,
+    PID_MAX,
+    UNIQUE_MAX,
+    WORKER_MAX,
+)
+from .protocol import ARG_COUNT, AdminLine, Packet, PacketType
 from .stream import ConnKey
+from .values import Cleaner, note
+
+__all__ = ["COUNTERS", "Event", "Tracker", "handle_number"]
 
 T = PacketType
 
@@ -41,88 +69,14 @@ FINISH_KIND: dict[int, str] = {
 }
 PROGRESS_KIND: dict[int, str] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
 
-#: how many finished handles to remember, so a result relayed to clients after the worker
-#: sent it (and WORK_FAIL after WORK_EXCEPTION) is not counted twice.
-FINISHED_MEMORY = 65536
+#: The tracker's counters (the Cleaner adds values_cleaned, bad_numbers, bad_epochs).
+COUNTERS = (
+    "packets", "events", "unmatched_created", "boots", "forged", "misdirected", "malformed",
+    "pending_unstored", "payloads_dropped", "jobs_evicted", "admin_overflow",
+)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing that happened to one job. ``kind`` is one of the lifecycle event names."""
-
-    kind: str
-    boot: str
-    handle: str
-    ts: float
-    conn: str = ""
-    function: str | None = None
-    unique: str | None = None
-    priority: str | None = None
-    background: bool | None = None
-    epoch: int | None = None
-    worker: str | None = None
-    numerator: int | None = None
-    denominator: int | None = None
-    data: bytes | None = None
-    size: int = 0
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class _Submit:
-    function: str
-    unique: str
-    priority: str
-    background: bool
-    epoch: int | None
-    payload: bytes
-    size: int
-    ts: float
-
-
-@dataclass(slots=True)
-class _Conn:
-    key: ConnKey
-    pending: deque[_Submit | None] = field(default_factory=deque)
-    client_id: str = ""
-    waiting: set[str] = field(default_factory=set)  # fg handles this client waits on
-    holding: set[str] = field(default_factory=set)  # handles this worker was assigned
-    admin: deque[bytes] = field(default_factory=deque)  # admin commands awaiting a reply
-    gaps: int = 0  # bytes were lost on this connection: its submits no longer pair up
-
-    @property
-    def worker_name(self) -> str:
-        return self.client_id or self.key.peer
-
-
-@dataclass(slots=True)
-class _Job:
-    function: str | None
-    background: bool | None
-    unique: str | None = None
-    started: bool = False
-    submitted: bool = False  # False while HQ knows the job only from its assignment
-    waiters: set[ConnKey] = field(default_factory=set)
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
-
-
-def _int(raw: bytes) -> int | None:
-    try:
-        return int(raw)
-    except ValueError:
-        return None
-
-
-def handle_number(handle: str) -> int | None:
-    """``H:host:1234`` → 1234; None when the handle has no numeric tail."""
-    tail = handle.rpartition(":")[2]
-    return int(tail) if tail.isdigit() else None
-
-
-class Tracker:
+class Tracker(BootTracking):
     """Feed it with :meth:`packet`, :meth:`opened` and :meth:`closed`; events go to ``emit``."""
 
     def __init__(
@@ -130,31 +84,33 @@ class Tracker:
     ) -> None:
         self.emit = emit
         self.payload_max = payload_max
-        self._pid = boot
-        self._generation = 0
-        self.boot = boot
-        self._max_handle = 0
-        self._conns: dict[ConnKey, _Conn] = {}
-        self._jobs: dict[str, _Job] = {}
-        # handle -> (function, unique) of jobs that ended, to tell a late duplicate of
-        # their last packet from a new job that reuses the handle after a restart
-        self._finished: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
-        self._counter_boot = False  # a new boot was inferred from the handle counter
-        self.counters = {"packets": 0, "events": 0, "unmatched_created": 0, "boots": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.clean = Cleaner(self.counters)
+        super().__init__(note(boot, PID_MAX))
+        self._conns: dict[ConnKey, Conn] = {}
+        self._pending_count = 0  # submits stored in every connection's Pending
+        self._pending_bytes = 0  # and their payload bytes
 
     # -- connection lifecycle -------------------------------------------------------------
 
-    def opened(self, key: ConnKey) -> None:
-        self._conns[key] = _Conn(key)
+    def opened(self, key: ConnKey, *, from_start: bool = False) -> None:
+        """A connection begins. ``from_start``: the byte source saw it begin (so HQ sees
+        every packet on it); False when it joined a connection already open, or cannot say."""
+        old = self._conns.get(key)
+        if old is not None:
+            self._drop_pending(old)
+        self._conns[key] = Conn(key, from_start)
 
     def closed(self, key: ConnKey, ts: float) -> None:
         conn = self._conns.pop(key, None)
         if conn is None:
             return
+        self._drop_pending(conn)
         for handle in sorted(conn.holding):
             job = self._jobs.get(handle)
             if job is not None:
                 job.started = False
+                job.holder = None
                 self._emit("worker_lost", handle, ts, conn, worker=conn.worker_name)
         for handle in sorted(conn.waiting):
             job = self._jobs.get(handle)
@@ -175,95 +131,128 @@ class Tracker:
         JOB_CREATEDs go unmatched instead of being paired with the wrong submit."""
         conn = self._conns.get(key)
         if conn is not None:
-            conn.pending.clear()
-            conn.admin.clear()
+            self._drop_pending(conn)
+            conn.admin.lost()
             conn.gaps += 1
-
-    def set_boot(self, pid: str, ts: float) -> None:
-        """gearmand's pid changed: every job HQ was following died with the old process."""
-        if pid == self._pid:
-            return
-        if self._counter_boot:
-            # the restart was already seen in the handles: same boot, now with its pid
-            self._pid = pid
-            self._counter_boot = False
-            return
-        self._new_boot(ts, "gearmand restarted (pid changed)")
-        self._pid = pid
-        self._generation = 0
-        self.boot = pid
 
     def active_handles(self) -> list[str]:
         return list(self._jobs)
 
+    def sizes(self) -> dict[str, int]:
+        """How much the tracker holds now (each bounded by broker.limits)."""
+        return {
+            "conns": len(self._conns), "jobs": len(self._jobs),
+            "finished": len(self._finished), "pending": self._pending_count,
+            "pending_bytes": self._pending_bytes,
+        }
+
     # -- packets --------------------------------------------------------------------------
 
-    def packet(self, key: ConnKey, item: Packet | AdminLine, ts: float) -> None:
+    def packet(
+        self, key: ConnKey, item: Packet | AdminLine, ts: float, from_peer: bool | None = None
+    ) -> None:
+        """One decoded item of a connection. ``from_peer``: its direction as the byte source
+        saw it (None: trust the packet's magic, and guess an admin line's direction)."""
         conn = self._conns.get(key)
         if conn is None:
-            conn = self._conns[key] = _Conn(key)
+            conn = self._conns[key] = Conn(key)
         self.counters["packets"] += 1
         if isinstance(item, AdminLine):
-            self._admin(conn, item, ts)
+            self._admin(conn, item.text, ts, from_peer)
+        elif from_peer is not None and item.request is not from_peer:
+            self.counters["misdirected"] += 1
+        elif len(item.args) != ARG_COUNT.get(item.type):
+            self.counters["malformed"] += 1
         elif item.request:
             self._request(conn, item, ts)
         else:
             self._response(conn, item, ts)
 
-    def _request(self, conn: _Conn, pkt: Packet, ts: float) -> None:
+    def _request(self, conn: Conn, pkt: Packet, ts: float) -> None:
         ptype = pkt.type
         args = pkt.args
         if ptype in PRIORITY:
-            conn.pending.append(self._submit(ptype, args, ts))
+            self._queue_submit(conn, self._submit(ptype, args, ts))
         elif ptype in FINISH_KIND:
-            self._finish(conn, FINISH_KIND[ptype], args, ts)
+            handle = self.clean.handle(args[0])
+            if self._may_reply(conn, handle):
+                self._finish(conn, FINISH_KIND[ptype], handle, args, ts)
         elif ptype == T.WORK_STATUS:
-            self._emit(
-                "status", _text(args[0]), ts, conn,
-                numerator=_int(args[1]), denominator=_int(args[2]),
-            )
+            handle = self.clean.handle(args[0])
+            if self._may_reply(conn, handle):
+                self._emit("status", handle, ts, conn, numerator=self.clean.int8(args[1]),
+                           denominator=self.clean.int8(args[2]))
         elif ptype in PROGRESS_KIND:
-            data, size = self._cap(args[1])
-            self._emit(PROGRESS_KIND[ptype], _text(args[0]), ts, conn, data=data, size=size)
+            handle = self.clean.handle(args[0])
+            if self._may_reply(conn, handle):
+                data, size = self._cap(args[1])
+                self._emit(PROGRESS_KIND[ptype], handle, ts, conn, data=data, size=size)
         elif ptype == T.SET_CLIENT_ID:
-            conn.client_id = _text(args[0])
+            conn.client_id = self.clean.name(args[0], WORKER_MAX)
 
-    def _response(self, conn: _Conn, pkt: Packet, ts: float) -> None:
+    def _response(self, conn: Conn, pkt: Packet, ts: float) -> None:
         ptype = pkt.type
         if ptype == T.JOB_CREATED:
-            self._created(conn, _text(pkt.args[0]), ts)
+            self._created(conn, self.clean.handle(pkt.args[0]), ts)
         elif ptype in ASSIGN_TYPES:
             self._assigned(conn, pkt, ts)
         elif ptype == T.ERROR and conn.pending:
-            conn.pending.popleft()  # the submit was refused (e.g. SUBMIT_JOB_SCHED)
+            self._next_submit(conn)  # the submit was refused (e.g. SUBMIT_JOB_SCHED)
         elif ptype in FINISH_KIND:
-            handle = _text(pkt.args[0])
-            if handle not in self._finished and handle in self._jobs:
+            handle = self.clean.handle(pkt.args[0])
+            job = self._jobs.get(handle)
+            if job is None or handle in self._finished:
+                return
+            if conn.key in job.waiters or conn.blind:
                 # gearmand itself ended the job (--job-retries exhausted).
-                self._finish(conn, FINISH_KIND[ptype], pkt.args, ts, by_server=True)
+                self._finish(conn, FINISH_KIND[ptype], handle, pkt.args, ts, by_server=True)
+            else:
+                self.counters["forged"] += 1  # gearmand tells only the clients that wait
 
-    def _admin(self, conn: _Conn, line: AdminLine, ts: float) -> None:
-        text = line.text
-        if text.startswith(b"cancel job "):
-            conn.admin.append(text[11:].strip())
-        elif conn.admin and (text == b"OK" or text.startswith(b"ERR")):
-            handle = _text(conn.admin.popleft())
-            if text == b"OK" and handle in self._jobs:
-                self._emit("cancelled", handle, ts, conn, detail="cancel job (admin)")
-                self._forget(handle)
+    def _admin(self, conn: Conn, text: bytes, ts: float, from_peer: bool | None) -> None:
+        if from_peer is None:
+            from_peer = not looks_like_reply(text)
+        if from_peer:
+            if not conn.admin.command(text):
+                self.counters["admin_overflow"] += 1
+            return
+        raw = conn.admin.reply(text)
+        if raw is None:
+            return
+        handle = self.clean.handle(raw)
+        if handle in self._jobs:
+            self._emit("cancelled", handle, ts, conn, detail="cancel job (admin)")
+            self._forget(handle)
+
+    def _may_reply(self, conn: Conn, handle: str) -> bool:
+        """May this connection's WORK_* for ``handle`` be believed? (see the module doc)"""
+        if handle in conn.holding:
+            return True
+        job = self._jobs.get(handle)
+        if job is None and handle in self._finished:
+            return False  # a late duplicate (WORK_FAIL after WORK_EXCEPTION): not forged
+        if job is not None and job.holder is not None:
+            ok = False  # another connection holds it
+        elif conn.gaps:
+            ok = True  # its assignment may have been in the bytes HQ lost
+        else:
+            ok = not conn.from_start and (job is None or not job.assigned)
+        if not ok:
+            self.counters["forged"] += 1
+        return ok
 
     # -- the steps of a job ---------------------------------------------------------------
 
-    def _submit(self, ptype: int, args: tuple[bytes, ...], ts: float) -> _Submit:
+    def _submit(self, ptype: int, args: tuple[bytes, ...], ts: float) -> Submit:
         priority, background = PRIORITY[ptype]
-        epoch = _int(args[2]) if ptype == T.SUBMIT_JOB_EPOCH else None
+        epoch, why = self.clean.epoch(args[2]) if ptype == T.SUBMIT_JOB_EPOCH else (None, "")
         data, size = self._cap(args[-1])
-        return _Submit(
-            _text(args[0]), _text(args[1]), priority, background, epoch, data or b"", size, ts
-        )
+        clean = self.clean
+        return Submit(clean.name(args[0], FUNCTION_MAX), clean.name(args[1], UNIQUE_MAX),
+                      priority, background, epoch, data, size, ts, why)
 
-    def _created(self, conn: _Conn, handle: str, ts: float) -> None:
-        sub = conn.pending.popleft() if conn.pending else None
+    def _created(self, conn: Conn, handle: str, ts: float) -> None:
+        sub = self._next_submit(conn) if conn.pending else None
         if sub is None:
             self.counters["unmatched_created"] += 1
             return
@@ -280,7 +269,7 @@ class Tracker:
         submitted: dict[str, object] = {
             "function": sub.function, "unique": sub.unique, "priority": sub.priority,
             "background": sub.background, "epoch": sub.epoch, "data": sub.payload,
-            "size": sub.size,
+            "size": sub.size, "detail": sub.note,
         }
         if job is None and handle in self._finished:
             # the job ran and ended before its JOB_CREATED was on the wire (a fast worker)
@@ -289,7 +278,7 @@ class Tracker:
         if job is None:
             # gearmand may hand the job to a worker before this JOB_CREATED is on the
             # wire; then the job is already known from its assignment.
-            job = self._jobs[handle] = _Job(sub.function, sub.background, sub.unique)
+            job = self._new_job(handle, Job(sub.function, sub.background, sub.unique))
         job.submitted = True
         job.background = sub.background
         if not sub.background:
@@ -297,16 +286,20 @@ class Tracker:
             conn.waiting.add(handle)
         self._emit("submitted", handle, sub.ts, conn, **submitted)
 
-    def _assigned(self, conn: _Conn, pkt: Packet, ts: float) -> None:
+    def _assigned(self, conn: Conn, pkt: Packet, ts: float) -> None:
         args = pkt.args
-        handle, function = _text(args[0]), _text(args[1])
-        unique = _text(args[2]) if pkt.type != T.JOB_ASSIGN else None
+        handle = self.clean.handle(args[0])
+        function = self.clean.name(args[1], FUNCTION_MAX)
+        unique = self.clean.name(args[2], UNIQUE_MAX) if pkt.type != T.JOB_ASSIGN else None
         job = self._jobs.get(handle)
         if job is None:
             # Queued before the capture began: record what the assignment tells us.
-            job = self._jobs[handle] = _Job(function, None, unique)
+            job = self._new_job(handle, Job(function, None, unique))
             self._finished.pop(handle, None)
-        job.started = True
+        elif job.holder is not None and job.holder != conn.key:
+            self._release(handle, job.holder)  # reassigned: the old holder's death was missed
+        job.started = job.assigned = True
+        job.holder = conn.key
         conn.holding.add(handle)
         data, size = self._cap(args[-1])
         self._emit(
@@ -315,19 +308,17 @@ class Tracker:
         )
 
     def _finish(
-        self, conn: _Conn, kind: str, args: tuple[bytes, ...], ts: float, by_server: bool = False
+        self, conn: Conn, kind: str, handle: str, args: tuple[bytes, ...], ts: float,
+        by_server: bool = False,
     ) -> None:
-        handle = _text(args[0])
-        if handle in self._finished:
-            return
         data, size = self._cap(args[1]) if len(args) > 1 else (None, 0)
         conn.holding.discard(handle)
-        if by_server:
+        job = self._jobs.get(handle)
+        holder = self._conns.get(job.holder) if job is not None and job.holder else None
+        if by_server and holder is not None:
             # gearmand gave up after the worker died: that death may not be seen yet
-            for holder in self._conns.values():
-                if handle in holder.holding:
-                    holder.holding.discard(handle)
-                    self._emit("worker_lost", handle, ts, holder, worker=holder.worker_name)
+            holder.holding.discard(handle)
+            self._emit("worker_lost", handle, ts, holder, worker=holder.worker_name)
         detail = ""
         if by_server and kind == "failed":
             detail = "gearmand gave up on the job (job retries exhausted)"
@@ -335,71 +326,68 @@ class Tracker:
                    data=data, size=size, detail=detail)
         self._forget(handle)
 
-    def _forget(self, handle: str) -> None:
+    # -- bounded bookkeeping --------------------------------------------------------------
+
+    def _new_job(self, handle: str, job: Job) -> Job:
+        if len(self._jobs) >= JOBS_MAX:
+            oldest = next(iter(self._jobs))
+            self._forget(oldest, remember=False)
+            self.counters["jobs_evicted"] += 1
+        self._jobs[handle] = job
+        return job
+
+    def _release(self, handle: str, key: ConnKey) -> None:
+        holder = self._conns.get(key)
+        if holder is not None:
+            holder.holding.discard(handle)
+
+    def _forget_job(self, handle: str) -> Job | None:
         job = self._jobs.pop(handle, None)
         if job is not None:
             for key in job.waiters:
                 waiter = self._conns.get(key)
                 if waiter is not None:
                     waiter.waiting.discard(handle)
-        finished = self._finished
-        finished[handle] = (job.function, job.unique) if job is not None else (None, None)
-        if len(finished) > FINISHED_MEMORY:
-            finished.popitem(last=False)
+            if job.holder is not None:
+                self._release(handle, job.holder)
+        return job
+
+    def _queue_submit(self, conn: Conn, sub: Submit) -> None:
+        pending = conn.pending
+        if (pending.unstored or len(pending.items) >= PENDING_MAX
+                or self._pending_count >= PENDING_TOTAL):
+            self.counters["pending_unstored"] += 1
+            pending.push(None)
+            return
+        if sub.payload and self._pending_bytes + len(sub.payload) > PENDING_PAYLOAD_BUDGET:
+            sub.payload = b""  # the size stays: the job is recorded with its payload cut
+            self.counters["payloads_dropped"] += 1
+        pending.push(sub)
+        self._pending_count += 1
+        self._pending_bytes += len(sub.payload)
+
+    def _next_submit(self, conn: Conn) -> Submit | None:
+        sub = conn.pending.pop()
+        if sub is not None:
+            self._pending_count -= 1
+            self._pending_bytes -= len(sub.payload)
+        return sub
+
+    def _drop_pending(self, conn: Conn) -> None:
+        self._pending_count -= len(conn.pending.items)
+        self._pending_bytes -= conn.pending.payload_bytes
+        conn.pending.clear()
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _check_counter(self, handle: str, ts: float) -> None:
-        number = handle_number(handle)
-        if number is None:
-            return
-        top = self._max_handle
-        if (number <= 2 and top > 50) or top - number > 5000:
-            self._restarted(ts, "gearmand restarted (handle counter went back)")
-            top = 0
-        self._max_handle = max(top, number)
-
-    def _reused(self, handle: str, sub: _Submit) -> bool:
-        """A handle HQ knows, returned for a job that cannot be the same one: gearmand
-        coalesces only the same function with the same (non-empty) unique key, so another
-        function or another unique means its handle counter started over."""
-        known: tuple[str | None, str | None] | None = None
-        job = self._jobs.get(handle)
-        if job is not None:
-            known = (job.function, job.unique)
-        elif handle in self._finished:
-            known = self._finished[handle]
-        if known is None or known[0] is None:
-            return False
-        function, unique = known
-        return function != sub.function or bool(unique and sub.unique and unique != sub.unique)
-
-    def _restarted(self, ts: float, why: str) -> None:
-        """gearmand restarted and its pid is not known yet: a numbered boot of the old
-        pid, which the pid watcher later adopts (see set_boot) rather than restarting."""
-        self._new_boot(ts, why)
-        self._generation += 1
-        self.boot = f"{self._pid}.{self._generation}"
-        self._counter_boot = True
-
-    def _new_boot(self, ts: float, why: str) -> None:
-        for handle in list(self._jobs):
-            self._emit("lost", handle, ts, None, detail=why)
-            self._forget(handle)
-        for conn in self._conns.values():
-            conn.holding.clear()
-            conn.waiting.clear()
-        self._finished.clear()
-        self._max_handle = 0
-        self.counters["boots"] += 1
-
     def _cap(self, raw: bytes) -> tuple[bytes, int]:
         size = len(raw)
-        return (raw if size <= self.payload_max else raw[: self.payload_max]), size
+        return (raw if size <= self.payload_max else raw[: self.payload_max]), min(
+            size, INT4_MAX)
 
     def _emit(
-        self, kind: str, handle: str, ts: float, conn: _Conn | None, **fields: object
+        self, kind: str, handle: str, ts: float, conn: Conn | None, **fields: object
     ) -> None:
         self.counters["events"] += 1
-        peer = conn.key.peer if conn is not None else ""
+        peer = conn.peer if conn is not None else ""
         self.emit(Event(kind, self.boot, handle, ts, peer, **fields))  # type: ignore[arg-type]

@@ -30,21 +30,29 @@ class Wire:
         self.now += 1.0
         return self.now
 
-    def open(self, port: int, client_id: bytes | None = None) -> ConnKey:
+    def open(self, port: int, client_id: bytes | None = None, *,
+             from_start: bool = False) -> ConnKey:
+        """A connection; ``from_start``: as a source that saw it begin (SYN or accept)
+        reports it. By default HQ is taken to have joined it mid-stream."""
         k = key(port)
-        self.tracker.opened(k)
+        self.tracker.opened(k, from_start=from_start)
         if client_id is not None:
             self.send(k, req(T.SET_CLIENT_ID, client_id))
         return k
 
     def send(self, k: ConnKey, *items: Packet | AdminLine) -> float:
-        ts = self.tick()
-        for item in items:
-            self.tracker.packet(k, item, ts)
-        return ts
+        """Peer → gearmand."""
+        return self._play(k, True, items)
 
     def reply(self, k: ConnKey, *items: Packet | AdminLine) -> float:
-        return self.send(k, *items)  # direction is carried by Packet.request
+        """gearmand → peer."""
+        return self._play(k, False, items)
+
+    def _play(self, k: ConnKey, from_peer: bool, items: tuple[Packet | AdminLine, ...]) -> float:
+        ts = self.tick()
+        for item in items:
+            self.tracker.packet(k, item, ts, from_peer)
+        return ts
 
     def close(self, k: ConnKey) -> float:
         ts = self.tick()
