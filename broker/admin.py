@@ -2,18 +2,37 @@
 
 Multi-line replies (``status``, ``workers``, ``show jobs``, ``show unique jobs``) end with a
 line holding a single ``.``; the others are one line, ``OK …`` or ``ERR code message``.
+
+Whatever the other end sends, only :class:`AdminError` leaves :class:`AdminClient`: a
+reply line is at most ``ADMIN_LINE_MAX`` bytes, a reply at most ``ADMIN_LINES_MAX``
+lines, a command takes at most ``ADMIN_REPLY_S`` seconds (each read also has the client's
+timeout). A reply line that does not parse (too few fields, a count that is not a number,
+a name over 255 bytes or with a NUL) is skipped and counted in ``AdminClient.skipped``.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
+
+from .limits import (
+    ADMIN_LINE_MAX,
+    ADMIN_LINES_MAX,
+    ADMIN_REPLY_S,
+    FUNCTION_MAX,
+    INT8_MAX,
+    PID_MAX,
+    VERSION_MAX,
+    WORKER_MAX,
+)
+from .values import note
 
 MULTILINE = ("status", "workers", "show jobs", "show unique jobs")
 
 
 class AdminError(Exception):
-    """gearmand answered ERR, or could not be reached."""
+    """gearmand answered ERR, could not be reached, or answered something unusable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +63,65 @@ def parse_address(text: str, default_port: int = 4730) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _count(text: str) -> int | None:
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= INT8_MAX else None
+
+
+def _name(text: str, limit: int) -> str | None:
+    """A name from a reply line, or None when it could not be stored as one."""
+    if "\0" in text or len(text.encode("utf-8", "surrogateescape")) > limit:
+        return None
+    return text
+
+
+def parse_status(line: str) -> FunctionStatus | None:
+    """``FUNC\\tTOTAL\\tRUNNING\\tWORKERS``, read from the right (a name may hold a tab)."""
+    parts = line.rsplit("\t", 3)
+    if len(parts) != 4:
+        return None
+    function = _name(parts[0], FUNCTION_MAX)
+    total, running, workers = (_count(p) for p in parts[1:])
+    if function is None or total is None or running is None or workers is None:
+        return None
+    return FunctionStatus(function, total, running, workers)
+
+
+def parse_worker(line: str) -> tuple[WorkerLine | None, int]:
+    """``FD IP CLIENT_ID : FUNC ...`` → (the worker or None, how many names were dropped)."""
+    head, sep, funcs = line.partition(" : ")
+    if not sep:
+        head, funcs = line.rstrip(" :"), ""
+    bits = head.split(" ", 2)
+    if len(bits) < 3:
+        return None, 0
+    fd, address, client_id = _count(bits[0]), _name(bits[1], WORKER_MAX), bits[2]
+    name = _name(client_id, WORKER_MAX)
+    if fd is None or address is None or name is None:
+        return None, 0
+    names = funcs.split()
+    good = tuple(f for f in names if _name(f, FUNCTION_MAX) is not None)
+    return WorkerLine(fd, address, "" if name == "-" else name, good), len(names) - len(good)
+
+
 class AdminClient:
-    """One connection, many commands. Blocking, with a timeout on every read."""
+    """One connection, many commands. Blocking, with a timeout on every read and a
+    deadline on every command."""
 
     def __init__(self, host: str, port: int, timeout: float = 3.0) -> None:
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError, UnicodeError) as exc:
             raise AdminError(f"cannot reach gearmand at {host}:{port}: {exc}") from exc
-        self._file = self._sock.makefile("rb")
+        self.timeout = timeout
+        self._buf = bytearray()
+        self._deadline = 0.0
+        #: reply lines (or names in them) that did not parse and were left out
+        self.skipped = 0
 
     def close(self) -> None:
-        self._file.close()
         self._sock.close()
 
     def __enter__(self) -> AdminClient:
@@ -65,53 +131,89 @@ class AdminClient:
         self.close()
 
     def command(self, cmd: str) -> list[str]:
+        if "\n" in cmd or "\r" in cmd or "\0" in cmd:
+            raise AdminError(f"not one admin command: {cmd!r}")
+        self._deadline = time.monotonic() + ADMIN_REPLY_S
         try:
             self._sock.sendall(cmd.encode() + b"\n")
+            first = self._line()
+            if first.startswith("ERR") and "\t" not in first:
+                raise AdminError(note(first, 200))
             if cmd in MULTILINE:
-                return self._until_dot()
-            return [self._line()]
+                return self._until_dot(first)
+            return [first]
         except OSError as exc:
             raise AdminError(f"{cmd!r} failed: {exc}") from exc
 
     def _line(self) -> str:
-        raw = self._file.readline()
-        if not raw:
-            raise AdminError("gearmand closed the connection")
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if line.startswith("ERR"):
-            raise AdminError(line)
-        return line
+        """One reply line, undecodable bytes escaped as the tracker escapes them."""
+        return self._read_line().decode("utf-8", "backslashreplace").rstrip("\r")
 
-    def _until_dot(self) -> list[str]:
-        lines = []
-        while (line := self._line()) != ".":
+    def _read_line(self) -> bytes:
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n", 0, ADMIN_LINE_MAX + 1)
+            if nl >= 0:
+                raw = bytes(buf[:nl])
+                del buf[: nl + 1]
+                return raw
+            if len(buf) > ADMIN_LINE_MAX:
+                raise AdminError(f"reply line over {ADMIN_LINE_MAX} bytes")
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise AdminError(f"no complete reply within {ADMIN_REPLY_S:g} s")
+            self._sock.settimeout(min(self.timeout, left))
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                if left < self.timeout:
+                    raise AdminError(f"no complete reply within {ADMIN_REPLY_S:g} s") from None
+                raise
+            if not chunk:
+                raise AdminError("gearmand closed the connection")
+            buf += chunk
+
+    def _until_dot(self, line: str) -> list[str]:
+        """The lines of a multi-line reply, from its first one (a function or a unique key
+        may itself look like ``ERR …``: only the first line can be an error)."""
+        lines: list[str] = []
+        while line != ".":
+            if len(lines) >= ADMIN_LINES_MAX:
+                raise AdminError(f"reply over {ADMIN_LINES_MAX} lines")
             lines.append(line)
+            line = self._line()
         return lines
 
+    def _ok(self, cmd: str, limit: int) -> str:
+        line = self.command(cmd)[0]
+        if not line.startswith("OK"):
+            raise AdminError(f"unexpected {cmd} reply: {note(line, 80)!r}")
+        return note(line.removeprefix("OK").strip(), limit)
+
     def getpid(self) -> str:
-        return self.command("getpid")[0].removeprefix("OK ").strip()
+        pid = self._ok("getpid", PID_MAX)
+        if not (pid.isascii() and pid.isdigit()):
+            raise AdminError(f"unexpected getpid reply: {pid!r}")
+        return pid
 
     def version(self) -> str:
-        return self.command("version")[0].removeprefix("OK ").strip()
+        return self._ok("version", VERSION_MAX)
 
     def status(self) -> list[FunctionStatus]:
         out = []
         for line in self.command("status"):
-            parts = line.split("\t")
-            if len(parts) >= 4:
-                out.append(FunctionStatus(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+            parsed = parse_status(line)
+            if parsed is None:
+                self.skipped += 1
+            else:
+                out.append(parsed)
         return out
 
     def workers(self) -> list[WorkerLine]:
         out = []
         for line in self.command("workers"):
-            head, _, funcs = line.partition(" : ")
-            if not _:
-                head, funcs = line.rstrip(" :"), ""
-            bits = head.split(" ")
-            if len(bits) < 3:
-                continue
-            fd, address, client_id = bits[0], bits[1], bits[2]
-            out.append(WorkerLine(int(fd), address, "" if client_id == "-" else client_id,
-                                  tuple(funcs.split())))
+            parsed, dropped = parse_worker(line)
+            self.skipped += dropped + (parsed is None)
+            if parsed is not None:
+                out.append(parsed)
         return out
