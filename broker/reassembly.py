@@ -14,59 +14,22 @@ from __future__ import annotations
 
 import heapq
 
+from broker.limits import REASSEMBLY_BUDGET, UNPROVEN_TIMEOUT
 from broker.pcap import TH_ACK, TH_FIN, TH_RST, TH_SYN, TcpSegment
 from broker.pcap import format_address as _format_address
 from broker.stream import ConnKey, StreamSink
+from broker.tcpflow import MASK, Flow, FlowKey, Half, proven, seq_delta
 
-MASK = 0xFFFFFFFF
-_HALF = 0x80000000
+__all__ = ["STATS", "TcpReassembler", "seq_delta"]
+
 _CONTROL = TH_SYN | TH_FIN | TH_RST
 
-FlowKey = tuple[bytes, int, bytes]  # peer address, peer port, server address (packed)
 #: The counters :meth:`TcpReassembler.stats` reports, in order.
 STATS = (
     "segments", "bytes", "gaps", "lost_bytes", "out_of_order", "retransmits", "foreign",
-    "flows_open", "flows_total", "flows_mid_stream", "flows_expired",
+    "flows_open", "flows_total", "flows_mid_stream", "flows_expired", "flows_unproven_expired",
+    "budget_gaps", "ooo_bytes",
 )
-
-
-def seq_delta(a: int, b: int) -> int:
-    """``a - b`` in 32-bit sequence space, as a signed int (so wrap-around just works)."""
-    return ((a - b + _HALF) & MASK) - _HALF
-
-
-class _Half:
-    """Reassembly state of one direction of a flow.
-
-    ``next`` is the sequence number of the next byte to deliver (None until the direction
-    shows its first byte). Out-of-order data waits in ``heap`` keyed by stream offset
-    relative to ``off`` (the offset of ``next``); offsets are unbounded ints, so the heap
-    order survives a sequence wrap. A zero-length entry marks a FIN beyond a hole.
-    """
-
-    __slots__ = ("done", "fin", "heap", "heap_bytes", "hole_ts", "isn", "next", "off")
-
-    def __init__(self) -> None:
-        self.next: int | None = None
-        self.isn: int | None = None
-        self.fin: int | None = None
-        self.done = False
-        self.heap: list[tuple[int, bytes, float]] = []
-        self.heap_bytes = 0
-        self.hole_ts = 0.0
-        self.off = 0
-
-
-class _Flow:
-    __slots__ = ("closed", "conn", "key", "last_ts", "peer", "server")
-
-    def __init__(self, conn: ConnKey, key: FlowKey, ts: float) -> None:
-        self.conn = conn
-        self.key = key
-        self.last_ts = ts
-        self.peer = _Half()
-        self.server = _Half()
-        self.closed = False
 
 
 class TcpReassembler:
@@ -80,6 +43,13 @@ class TcpReassembler:
     overlapping bytes are trimmed so every byte is delivered once. Flows idle for
     ``idle_timeout`` (``closing_timeout`` once one side sent FIN) are closed, and at most
     ``max_flows`` are tracked, so memory stays bounded whatever the capture misses.
+
+    Against a hostile peer (numbers in :mod:`broker.limits`): all flows together hold at
+    most ``ooo_budget`` out-of-order bytes (128 MiB; over it the largest holes are given up,
+    as gaps, counted in ``budget_gaps``, until 3/4 is left), and a flow gearmand never sent
+    a byte on is closed after ``unproven_timeout`` (2 minutes) of silence and is the first
+    evicted at ``max_flows``: such a flow holds no job state (no assignment, no
+    JOB_CREATED), so closing it early loses nothing.
     """
 
     def __init__(
@@ -94,6 +64,8 @@ class TcpReassembler:
         closing_timeout: float = 60.0,
         max_flows: int = 65536,
         sweep_interval: float = 1.0,
+        ooo_budget: int = REASSEMBLY_BUDGET,
+        unproven_timeout: float = UNPROVEN_TIMEOUT,
     ) -> None:
         self.server_port = server_port
         self._sink = sink
@@ -104,7 +76,10 @@ class TcpReassembler:
         self.closing_timeout = closing_timeout
         self.max_flows = max_flows
         self.sweep_interval = sweep_interval
-        self._flows: dict[FlowKey, _Flow] = {}
+        self.ooo_budget = ooo_budget
+        self.unproven_timeout = unproven_timeout
+        self.ooo_bytes = 0  # out-of-order bytes buffered, all flows together
+        self._flows: dict[FlowKey, Flow] = {}
         self._next_sweep = float("-inf")
         self.segments = 0
         self.bytes = 0
@@ -116,6 +91,8 @@ class TcpReassembler:
         self.flows_total = 0
         self.flows_mid_stream = 0
         self.flows_expired = 0
+        self.flows_unproven_expired = 0
+        self.budget_gaps = 0
 
     @property
     def flows_open(self) -> int:
@@ -168,7 +145,7 @@ class TcpReassembler:
     # -- connection control ---------------------------------------------------------------
 
     def _control(
-        self, ts: float, key: FlowKey, from_peer: bool, flow: _Flow | None, seg: TcpSegment
+        self, ts: float, key: FlowKey, from_peer: bool, flow: Flow | None, seg: TcpSegment
     ) -> None:
         """SYN, FIN, RST, or the first segment of a flow not seen before."""
         flags = seg.flags
@@ -194,8 +171,8 @@ class TcpReassembler:
             self._fin(flow, half, from_peer, (seq + len(payload)) & MASK, ts)
 
     def _syn(
-        self, ts: float, key: FlowKey, from_peer: bool, flow: _Flow | None, seg: TcpSegment
-    ) -> _Flow:
+        self, ts: float, key: FlowKey, from_peer: bool, flow: Flow | None, seg: TcpSegment
+    ) -> Flow:
         """Start a flow at its SYN (or SYN-ACK when the SYN was missed)."""
         if flow is not None:
             half = flow.peer if from_peer else flow.server
@@ -215,14 +192,14 @@ class TcpReassembler:
             flow.peer.isn = (seg.ack - 1) & MASK
         return flow
 
-    def _open(self, ts: float, key: FlowKey, *, mid_stream: bool) -> _Flow:
+    def _open(self, ts: float, key: FlowKey, *, mid_stream: bool) -> Flow:
         if len(self._flows) >= self.max_flows:
             self._evict(ts)
         peer_addr, peer_port, server_addr = key
         conn = ConnKey(
             _format_address(peer_addr), peer_port, _format_address(server_addr), self.server_port
         )
-        flow = _Flow(conn, key, ts)
+        flow = Flow(conn, key, ts)
         self._flows[key] = flow
         self.flows_total += 1
         if mid_stream:
@@ -230,7 +207,7 @@ class TcpReassembler:
         self._sink.on_open(conn, ts, mid_stream=mid_stream)
         return flow
 
-    def _fin(self, flow: _Flow, half: _Half, from_peer: bool, fin_seq: int, ts: float) -> None:
+    def _fin(self, flow: Flow, half: Half, from_peer: bool, fin_seq: int, ts: float) -> None:
         """Note where a direction ends; it is done once every byte before it is delivered."""
         if half.next is None:
             half.next = fin_seq
@@ -243,17 +220,18 @@ class TcpReassembler:
             self._settle(flow, half, from_peer, ts)
         self._check_fin(flow, half, ts)
 
-    def _check_fin(self, flow: _Flow, half: _Half, ts: float) -> None:
+    def _check_fin(self, flow: Flow, half: Half, ts: float) -> None:
         if half.done or half.fin is None or half.next is None:
             return
         if seq_delta(half.next, half.fin) >= 0:
             half.done = True
             half.heap.clear()
+            self.ooo_bytes -= half.heap_bytes
             half.heap_bytes = 0
             if flow.peer.done and flow.server.done:
                 self._close(flow, ts)
 
-    def _finish(self, flow: _Flow, ts: float) -> None:
+    def _finish(self, flow: Flow, ts: float) -> None:
         """Close a flow now: deliver what is buffered (reporting its holes) first."""
         if flow.closed:
             return
@@ -265,7 +243,11 @@ class TcpReassembler:
                     return
         self._close(flow, ts)
 
-    def _close(self, flow: _Flow, ts: float) -> None:
+    def _close(self, flow: Flow, ts: float) -> None:
+        for half in (flow.peer, flow.server):
+            self.ooo_bytes -= half.heap_bytes
+            half.heap.clear()
+            half.heap_bytes = 0
         flow.closed = True
         self._flows.pop(flow.key, None)
         self._sink.on_close(flow.conn, ts)
@@ -273,7 +255,7 @@ class TcpReassembler:
     # -- data out of the fast path --------------------------------------------------------
 
     def _data(
-        self, flow: _Flow, half: _Half, from_peer: bool, seq: int, payload: bytes, ts: float
+        self, flow: Flow, half: Half, from_peer: bool, seq: int, payload: bytes, ts: float
     ) -> None:
         """Deliver, trim, or buffer a segment that is not simply the next in order."""
         if half.done:
@@ -299,14 +281,16 @@ class TcpReassembler:
                 self._settle(flow, half, from_peer, ts)
         if half.fin is not None:
             self._check_fin(flow, half, ts)
+        if self.ooo_bytes > self.ooo_budget:
+            self._shed(ts)
 
-    def _emit(self, flow: _Flow, half: _Half, from_peer: bool, payload: bytes, ts: float) -> None:
+    def _emit(self, flow: Flow, half: Half, from_peer: bool, payload: bytes, ts: float) -> None:
         n = len(payload)
         half.next = ((half.next or 0) + n) & MASK
         half.off += n
         self._sink.on_data(flow.conn, from_peer, payload, ts)
 
-    def _push(self, half: _Half, rel: int, payload: bytes, ts: float) -> None:
+    def _push(self, half: Half, rel: int, payload: bytes, ts: float) -> None:
         """Buffer bytes that start ``rel`` bytes after the next expected one."""
         if not half.heap:
             half.off = 0
@@ -315,13 +299,15 @@ class TcpReassembler:
             half.hole_ts = ts
         heapq.heappush(half.heap, (half.off + rel, payload, ts))
         half.heap_bytes += len(payload)
+        self.ooo_bytes += len(payload)
 
-    def _drain(self, flow: _Flow, half: _Half, from_peer: bool, ts: float) -> None:
+    def _drain(self, flow: Flow, half: Half, from_peer: bool, ts: float) -> None:
         """Deliver buffered segments that the stream has reached, trimming overlaps."""
         heap = half.heap
         while heap and heap[0][0] <= half.off:
             start, payload, _arrival = heapq.heappop(heap)
             half.heap_bytes -= len(payload)
+            self.ooo_bytes -= len(payload)
             skip = half.off - start
             if skip >= len(payload):
                 if payload:
@@ -332,12 +318,12 @@ class TcpReassembler:
                 payload = payload[skip:]
             self._emit(flow, half, from_peer, payload, ts)
 
-    def _settle(self, flow: _Flow, half: _Half, from_peer: bool, ts: float) -> None:
+    def _settle(self, flow: Flow, half: Half, from_peer: bool, ts: float) -> None:
         """Give up the holes that have waited past the buffer, segment or time bound."""
         while half.heap and self._hole_expired(half, ts):
             self._skip_hole(flow, half, from_peer, ts)
 
-    def _hole_expired(self, half: _Half, ts: float) -> bool:
+    def _hole_expired(self, half: Half, ts: float) -> bool:
         if half.heap_bytes > self.max_buffer or len(half.heap) > self.max_ooo_segments:
             return True
         if ts - half.hole_ts < self.gap_timeout:
@@ -347,7 +333,7 @@ class TcpReassembler:
         half.hole_ts = min(arrival for _start, _payload, arrival in half.heap)
         return ts - half.hole_ts >= self.gap_timeout
 
-    def _skip_hole(self, flow: _Flow, half: _Half, from_peer: bool, ts: float) -> None:
+    def _skip_hole(self, flow: Flow, half: Half, from_peer: bool, ts: float) -> None:
         """Report the bytes missing before the first buffered segment and move past them."""
         lost = half.heap[0][0] - half.off
         if lost > 0:
@@ -365,10 +351,16 @@ class TcpReassembler:
         self._next_sweep = ts + self.sweep_interval
         idle_before = ts - self.idle_timeout
         closing_before = ts - self.closing_timeout
+        unproven_before = ts - self.unproven_timeout
         for flow in list(self._flows.values()):
             closing = flow.peer.done or flow.server.done
             if flow.last_ts < idle_before or (closing and flow.last_ts < closing_before):
                 self.flows_expired += 1
+                self._finish(flow, ts)
+                continue
+            if flow.last_ts < unproven_before and not proven(flow):
+                self.flows_expired += 1
+                self.flows_unproven_expired += 1
                 self._finish(flow, ts)
                 continue
             for from_peer, half in ((True, flow.peer), (False, flow.server)):
@@ -377,9 +369,26 @@ class TcpReassembler:
                     self._check_fin(flow, half, ts)
 
     def _evict(self, ts: float) -> None:
-        """Too many flows: close the eighth that has been quiet longest."""
-        quiet = sorted(self._flows.values(), key=lambda flow: flow.last_ts)
+        """Too many flows: close an eighth of them, those gearmand never answered first,
+        then those quiet longest."""
+        quiet = sorted(self._flows.values(), key=lambda flow: (proven(flow), flow.last_ts))
         for flow in quiet[: max(1, len(quiet) // 8)]:
             self.flows_expired += 1
             self._finish(flow, ts)
+
+    def _shed(self, ts: float) -> None:
+        """Over the out-of-order budget: give up the holes of the directions holding the
+        most until a quarter of the budget is free (each hole given up is a gap)."""
+        target = self.ooo_budget * 3 // 4
+        halves = [(half.heap_bytes, flow, from_peer, half) for flow in self._flows.values()
+                  for from_peer, half in ((True, flow.peer), (False, flow.server))
+                  if half.heap]
+        halves.sort(key=lambda item: item[0], reverse=True)
+        for _size, flow, from_peer, half in halves:
+            while half.heap and not half.done and not flow.closed:
+                if self.ooo_bytes <= target:
+                    return
+                self.budget_gaps += 1
+                self._skip_hole(flow, half, from_peer, ts)
+                self._check_fin(flow, half, ts)
 
