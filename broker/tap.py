@@ -65,7 +65,7 @@ class TapSink:
             parser = self._parsers[(conn, from_peer)] = Parser()
             if mid_stream:
                 parser.resync()
-        self.tracker.opened(conn, from_start=not mid_stream)
+        self.tracker.opened(conn, ts, from_start=not mid_stream)
 
     def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
         with self._lock:

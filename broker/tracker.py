@@ -90,15 +90,16 @@ class Tracker(BootTracking):
         self._conns: dict[ConnKey, Conn] = {}
         self._pending_count = 0  # submits stored in every connection's Pending
         self._pending_bytes = 0  # and their payload bytes
+        self._now = 0.0  # the latest time seen, for a close the source did not report
 
     # -- connection lifecycle -------------------------------------------------------------
 
-    def opened(self, key: ConnKey, *, from_start: bool = False) -> None:
+    def opened(self, key: ConnKey, ts: float | None = None, *, from_start: bool = False) -> None:
         """A connection begins. ``from_start``: the byte source saw it begin (so HQ sees
-        every packet on it); False when it joined a connection already open, or cannot say."""
-        old = self._conns.get(key)
-        if old is not None:
-            self._drop_pending(old)
+        every packet on it); False when it joined a connection already open, or cannot say.
+        A connection of the same name still open is over: it is closed first."""
+        if key in self._conns:
+            self.closed(key, self._now if ts is None else ts)
         self._conns[key] = Conn(key, from_start)
 
     def closed(self, key: ConnKey, ts: float) -> None:
@@ -156,6 +157,7 @@ class Tracker(BootTracking):
         conn = self._conns.get(key)
         if conn is None:
             conn = self._conns[key] = Conn(key)
+        self._now = ts
         self.counters["packets"] += 1
         if isinstance(item, AdminLine):
             self._admin(conn, item.text, ts, from_peer)
