@@ -14,6 +14,7 @@ looking inside payloads for them, so it cannot be used to guess one.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 
+from broker.tracker import Event
 from hq.models import Role
 from hq.roles import has_role
 
@@ -99,3 +101,9 @@ class Redactor:
             self._jobs.pop(key, None)  # the handle now belongs to another function's job
             return ev.data
         return None if key in self._jobs else ev.data
+
+    def event(self, ev: Event) -> Event:
+        """``ev`` as the writer should store it: without its data when the job is
+        redacted (its size stays, so the page can say how much was not stored)."""
+        data = self.data(ev)
+        return ev if data is ev.data else dataclasses.replace(ev, data=None)

@@ -3,6 +3,7 @@ and never shown) and HQ_VIEWERS_SEE_PAYLOADS (viewers see no payloads)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -57,6 +58,20 @@ def test_the_writer_hook_drops_data_of_redacted_jobs_through_their_whole_life() 
     # a handle handed to another function's job (gearmand restarted) is not redacted
     assert r.data(_ev("submitted", "H:1", "resize", b"img2")) == b"img2"
     assert r.data(_ev("completed", "H:1", None, b"done2")) == b"done2"
+
+
+@override_settings(HQ_REDACT=["billing_*"])
+def test_the_writer_hook_gives_events_without_data_but_with_their_size() -> None:
+    from jobs.batches import row_of
+
+    r = Redactor()
+    submitted = r.event(_ev("submitted", "H:9", "billing_charge", b'{"card": "4111"}'))
+    completed = r.event(_ev("completed", "H:9", None, b"charged"))
+    assert submitted.data is None and submitted.size == 16 and completed.data is None
+    row = row_of(submitted, uuid.uuid4())
+    assert row.data_text is None and row.data_bin is None and row.size == 16
+    kept = _ev("submitted", "H:10", "resize", b"img")
+    assert r.event(kept) is kept
 
 
 @override_settings(HQ_REDACT=["secret_*"])
