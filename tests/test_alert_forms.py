@@ -14,7 +14,7 @@ from html import unescape
 from alerts import services
 from alerts.models import Channel, Notification, Rule, RuleState
 from tests.receiver import Receiver
-from tests.support.stack import free_port
+from tests.support.stack import ROOT, free_port
 from tests.support.web import HX, field_errors, rule_form
 from tests.support.worlds import img_backlog
 
@@ -114,10 +114,12 @@ def test_form_refuses_what_the_api_refuses_in_the_same_words(operator, alert_wor
 
 def test_window_field_is_shown_only_for_windowed_metrics(operator, alert_world):
     html = operator.get("/alerts/rules/new/").content.decode()
-    style = re.search(r"<style>(.*?)</style>", html, re.S).group(1)
+    assert "/static/css/alerts.css" in html  # the form's rules live in the stylesheet (CSP)
+    style = (ROOT / "static" / "css" / "alerts.css").read_text()
     for metric in ("failure_rate", "runtime_p95", "drain_time"):
         assert f'#id_metric option:checked[value="{metric}"]' in style
-    window_rule = next(line for line in style.splitlines() if ".field-window_seconds" in line)
+    window_rule = next(rule for rule in style.split("}")
+                       if ".field-window_seconds" in rule and "option:checked" in rule)
     assert "queue_depth" not in window_rule and "display: flex" in window_rule
     # and the threshold's meaning follows the metric
     assert '.metric-hint[data-metric="failure_rate"]' in style

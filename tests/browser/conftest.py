@@ -43,7 +43,9 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser) -> Iterator[object]:
     """A fresh browser context; fails the test on any JavaScript error or failed asset."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    # bypass_csp: wait_for_function polls a string, which our CSP (no eval) blocks; the CSP
+    # itself is checked page by page in test_security_ui.py
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)
     page = context.new_page()
     problems: list[str] = []
 
