@@ -32,6 +32,8 @@ THRESHOLD_HINTS = {
     "running_too_long": "Seconds one job has been running",
     "stranded": "Queued jobs no connected worker can do: “> 0”",
     "drain_time": "Seconds to empty the queue at the recent pace",
+    "tap_health": "1 while the server's tap records, 0 when it does not (stale, writer dead, "
+                  "Postgres unreachable, lagging, spool filling): “< 1” with function *",
 }
 
 

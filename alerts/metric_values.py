@@ -1,20 +1,28 @@
 """What each alert metric measures now, per server and function: the values rules compare.
 
 Built from monitoring's public reads (latest queue snapshots, oldest queued and longest
-running jobs, rollup sums), read once per evaluation tick for every rule.
+running jobs, rollup sums) and, for ``tap_health``, the taps' reports in Redis, read once
+per evaluation tick for every rule.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from jobs.models import Server
 from monitoring import histogram, selectors
+from monitoring import live as live_stream
+
+log = logging.getLogger(__name__)
 
 #: drain_time when nothing completes: a year stands for "never"
 NEVER_S = 365 * 86400.0
+#: the "function" of per-server metrics (tap_health): rules on them use function "*"
+TAP_FUNCTION = "*"
 #: metrics judged over each rule's window (keyed ``"metric@window_seconds"``)
 WINDOWED = ("failure_rate", "runtime_p95", "drain_time")
 
@@ -50,7 +58,23 @@ def alert_metrics(windows: set[int], now: datetime | None = None) -> Values:
         out[key]["running_too_long"] = (now - started).total_seconds()
     for window in windows:
         _add_window(out, live, window, now)
+    _add_taps(out, now)
     return out
+
+
+def _add_taps(out: Values, now: datetime) -> None:
+    """``tap_health`` per server that has a tap reporting (function ``*``): 1 healthy,
+    0 not (``jobs.tap_health``: stale, a dead thread, Postgres away, lagging...). Redis
+    down: no values (the other metrics still count)."""
+    try:
+        taps = live_stream.taps_health(now.timestamp())
+    except Exception as exc:
+        log.warning("tap health unavailable for alerts: %s", exc)
+        return
+    ids = dict(Server.objects.filter(name__in=list(taps)).values_list("name", "id"))
+    for name, health in taps.items():
+        if name in ids:
+            out[(ids[name], TAP_FUNCTION)]["tap_health"] = 1.0 if health.healthy else 0.0
 
 
 def _add_window(out: Values, live: dict[tuple[int, str], int], window: int,

@@ -25,6 +25,7 @@ class Metric(models.TextChoices):
     RUNNING_TOO_LONG = "running_too_long", "longest running job (s)"
     STRANDED = "stranded", "queued jobs no connected worker can do"
     DRAIN_TIME = "drain_time", "forecast seconds to empty the queue"
+    TAP_HEALTH = "tap_health", "tap health (1 healthy, 0 unhealthy; function *)"
 
 
 class Severity(models.TextChoices):

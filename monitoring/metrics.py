@@ -7,7 +7,8 @@ Nothing is counted in the web process (several may run): a custom collector read
   ``hq_job_runtime_seconds`` histogram (the rollups' fixed log buckets, reduced to one
   ``le`` every two doublings: 1 ms, 4 ms, 16 ms ... 4.66 h),
 * the poller's server state (``hq_server_up``),
-* each tap's counters from the Redis hash ``hq:tap:<server>`` (``hq_tap_*``).
+* each tap's counters from the Redis hash ``hq:tap:<server>`` (``hq_tap_*``), and its
+  health as ``jobs.tap_health`` judges it (``hq_tap_healthy``, ``hq_tap_unhealthy{reason}``).
 
 Counters from rollups: summing every minute row at every scrape would grow with history,
 so minutes older than ``SETTLE`` (late rows still arrive for a few minutes) are summed
@@ -34,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
@@ -47,6 +49,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from jobs.models import Server
+from jobs.tap_health import assess
 
 from . import histogram, live, selectors
 from .models import ServerState
@@ -314,48 +317,44 @@ TAP_METRICS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
      (("tap", "decode_errors"),)),
     ("hq_tap_db_errors", "Failed writes to Postgres (batches spooled)", "counter",
      (("writer", "db_errors"),)),
+    ("hq_tap_quarantined_events", "Events Postgres refused, kept in the quarantine folder",
+     "counter", (("writer", "quarantined_events"),)),
+    ("hq_tap_corrupt_spool_files", "Unreadable spool files moved to the quarantine folder",
+     "counter", (("writer", "corrupt_spool_files"),)),
+    ("hq_tap_spool_dropped_events", "Spooled events dropped at HQ_SPOOL_MAX (oldest first)",
+     "counter", (("writer", "spool_dropped_events"),)),
+    ("hq_tap_lost_events", "Events neither written nor spooled (the spool could not be written)",
+     "counter", (("writer", "lost_events"),)),
+    ("hq_tap_child_restarts", "Proxy mode: restarts of the decoding child", "counter",
+     (("proxy", "child_restarts"),)),
+    ("hq_tap_child_lost_bytes", "Proxy mode: forwarded bytes not recorded while the decoding "
+     "child was down (at least)", "counter", (("proxy", "child_lost_bytes"),)),
     ("hq_tap_spool_batches", "Batches waiting in the disk spool", "gauge",
      (("writer", "spool_batches"),)),
+    ("hq_tap_spool_bytes", "Bytes in the disk spool", "gauge", (("writer", "spool_bytes"),)),
+    ("hq_tap_spool_max_bytes", "The spool's bound (HQ_SPOOL_MAX; 0: none)", "gauge",
+     (("writer", "spool_max"),)),
     ("hq_tap_queued_events", "Events waiting for the writer", "gauge",
      (("writer", "queued"),)),
+    ("hq_tap_writer_alive", "1 while the tap's writer thread runs", "gauge",
+     (("writer", "writer_alive"),)),
 )
-
-
-def read_tap_stats() -> dict[str, tuple[dict[str, Any], float]]:
-    """``server -> (stats, updated_at)`` for every ``hq:tap:*`` hash in Redis."""
-    client = live.redis_client()
-    prefix = live.TAP_KEY.format(server="")
-    keys = sorted(client.scan_iter(match=prefix + "*", count=500))
-    with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hmget(key, "stats", "updated_at")
-        answers = pipe.execute(raise_on_error=False)
-    out = {}
-    for key, answer in zip(keys, answers, strict=True):
-        if isinstance(answer, Exception) or not answer or answer[0] is None:
-            continue
-        try:
-            stats = json.loads(answer[0])
-            updated = float(answer[1] or 0)
-        except ValueError:
-            continue
-        if isinstance(stats, dict):
-            out[key.decode()[len(prefix):]] = (stats, updated)
-    return out
 
 
 def _dig(stats: dict[str, Any], paths: tuple[tuple[str, str], ...]) -> float | None:
     for section, name in paths:
         part = stats.get(section)
         value = part.get(name) if isinstance(part, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, bool):
+            return float(value)
+        if isinstance(value, int | float):
             return float(value)
     return None
 
 
 def tap_metrics() -> Iterator[Metric]:
     families = []
-    taps = read_tap_stats()
+    taps = live.read_tap_stats()
     for name, doc, kind, paths in TAP_METRICS:
         cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
         family = cls(name, doc, labels=["server"])
@@ -365,7 +364,7 @@ def tap_metrics() -> Iterator[Metric]:
                 family.add_metric([server], value)
         families.append(family)
     lag = GaugeMetricFamily("hq_tap_ingest_lag_seconds",
-                            "Age of the newest event in the last committed batch",
+                            "Age of the oldest event not yet committed (0: caught up)",
                             labels=["server"])
     age = GaugeMetricFamily("hq_tap_stats_age_seconds",
                             "Seconds since the tap last reported (stale: the tap is down)",
@@ -376,4 +375,24 @@ def tap_metrics() -> Iterator[Metric]:
         if lag_ms is not None:
             lag.add_metric([server], max(lag_ms, 0) / 1000)
         age.add_metric([server], max(now - updated, 0.0))
-    yield from (*families, lag, age)
+    yield from (*families, lag, age, *health_metrics(taps, now))
+
+
+def health_metrics(taps: dict[str, tuple[dict[str, Any], float]],
+                   now: float) -> Iterator[Metric]:
+    """``hq_tap_healthy`` (0/1) and, per reason it is not, ``hq_tap_unhealthy{reason}``."""
+    healthy = GaugeMetricFamily("hq_tap_healthy",
+                                "1 when the tap records (fresh report, writer alive, "
+                                "Postgres reachable, not lagging, spool below 80 %)",
+                                labels=["server"])
+    unhealthy = GaugeMetricFamily("hq_tap_unhealthy",
+                                  "1 for each reason the tap is unhealthy (stale, stopped, "
+                                  "thread_dead, writer_dead, child_down, db_down, lagging, "
+                                  "spool_full, quarantined)", labels=["server", "reason"])
+    lag_max = float(settings.HQ_TAP_LAG_MAX_S)
+    for server, (stats, updated) in sorted(taps.items()):
+        verdict = assess(server, stats, updated, now, lag_max_s=lag_max)
+        healthy.add_metric([server], 1 if verdict.healthy else 0)
+        for code in verdict.codes:
+            unhealthy.add_metric([server, code], 1)
+    yield from (healthy, unhealthy)

@@ -13,6 +13,8 @@ from typing import Any
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
+from jobs.tap_health import TapHealth
+
 from . import selectors
 
 Row = dict[str, Any]
@@ -22,9 +24,13 @@ FAILURE_BAD = 0.05
 SPARK_W, SPARK_H, SPARK_PAD = 96, 24, 2
 
 
-def server_card(server: Row) -> Row:
+def server_card(server: Row, tap: TapHealth | None = None) -> Row:
+    """A server as its card shows it; ``tap``: the health of the tap recording it, when
+    one reports (the card says "tap: unhealthy (writer dead / lagging 12 s)")."""
     now = timezone.now()
     card = dict(server)
+    card["tap"] = None if tap is None else {
+        "healthy": tap.healthy, "text": tap.text, "reasons": tap.codes}
     polled = server["polled_at"]
     if server["up"] and polled and now - polled > selectors.FRESH:
         card["status"] = "stale"  # the tap that polls it has stopped

@@ -13,8 +13,9 @@ from django.views.decorators.http import require_GET
 
 from hq.errors import InvalidInput
 from hq.web import HtmxHttpRequest, render_page, viewer_required
+from jobs.tap_health import TapHealth
 
-from . import selectors
+from . import live, selectors
 from .presenters import has_data, queue_row, server_card, summary, totals, worker_row
 
 DEFAULT_RANGE = "1h"
@@ -24,7 +25,8 @@ STEP_LABELS = {60: "per minute", 300: "per 5 min", 900: "per 15 min", 3600: "per
 @require_GET
 @viewer_required
 def overview(request: HtmxHttpRequest) -> HttpResponse:
-    servers = [server_card(s) for s in selectors.servers()]
+    taps = _taps_health()
+    servers = [server_card(s, taps.get(s["name"])) for s in selectors.servers()]
     rows = [queue_row(q) for q in selectors.queues()]
     context = {
         "servers": servers, "queues": rows, "totals": totals(rows, servers),
@@ -32,6 +34,14 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
         "many_servers": len(servers) > 1 or len({r["server"] for r in rows}) > 1,
     }
     return render_page(request, "monitoring/overview.html", "monitoring/_overview.html", context)
+
+
+def _taps_health() -> dict[str, TapHealth]:
+    """The taps' health from Redis; none when Redis does not answer (the page still shows)."""
+    try:
+        return live.taps_health()
+    except Exception:
+        return {}
 
 
 @require_GET
