@@ -1,14 +1,22 @@
 """Running a tap: byte source → TapSink (parser + tracker) → EventWriter → Postgres.
 
 Shared by ``manage.py gearman_capture`` and ``manage.py gearman_proxy``. Besides wiring the
-parts, it watches gearmand's pid (admin ``getpid``) so a restart starts a new boot, logs
-the counters every ``HQ_TAP_STATS_INTERVAL`` seconds and flushes everything on stop.
+parts, it watches gearmand's pid (admin ``getpid``) so a restart starts a new boot, reports
+the counters and the tap's health to Redis every few seconds (to the log every
+``HQ_TAP_STATS_INTERVAL`` seconds) and flushes everything on stop.
+
+Postgres being down never stops a tap from starting: events go to the writer's disk spool,
+the monitoring writes of each poll are skipped, and the start-up work that needs the
+database (closing the jobs of earlier gearmand runs) retries with backoff in the
+background. Its threads are watched (``hq/tap/threads.py``): should one die, the command
+stops and exits non-zero.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +29,13 @@ from broker.tap import TapSink, make_tap
 from jobs.ingest import EventWriter, conninfo_from_settings
 from monitoring import live
 
+from .threads import ThreadWatch
+
 log = logging.getLogger("hq.tap")
 P = ParamSpec("P")
 STATS_TO_REDIS_S = 5.0
+#: start-up retries: first delay and longest delay, seconds
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 
 
 def read_pid(host: str, port: int, wait_s: float = 5.0) -> str | None:
@@ -48,59 +60,90 @@ class TapRunner:
             server, conninfo_from_settings(), spool_dir=settings.HQ_SPOOL_DIR,
             batch=settings.HQ_INGEST_BATCH, flush_ms=settings.HQ_INGEST_FLUSH_MS,
             address=f"{gearman[0]}:{gearman[1]}", on_commit=self._jobs_changed,
+            spool_max=settings.HQ_SPOOL_MAX, quarantine_max=settings.HQ_QUARANTINE_MAX,
         )
         self.pid = read_pid(*gearman) or "0"
         self.sink: TapSink = make_tap(self.writer.emit, boot=self.pid,
                                       payload_max=settings.HQ_PAYLOAD_MAX)
         self.source_stats: Callable[[], dict[str, int]] = lambda: {}
+        #: more sections for the stats (the proxy's child adds how it was started)
+        self.extra_stats: dict[str, dict[str, Any]] = {}
+        self.watch = ThreadWatch()
+        self.counters = {"poll_errors": 0, "startup_retries": 0}
         self._stop = threading.Event()
+        self._stopping = False
+        self._started_at = time.time()
         self._stats_interval = stats_interval
         self._poll_interval = poll_interval or settings.HQ_POLL_INTERVAL
         self._last_queues: set[tuple[str, int, int, int]] = set()
         self._last_workers: set[tuple[int, str, tuple[str, ...]]] = set()
 
     def start(self) -> None:
-        self._close_previous_boots()
+        self.watch.install()
         self.writer.start()
-        threading.Thread(target=self._watch_boot, name="hq-boot-watch", daemon=True).start()
-        threading.Thread(target=self._log_stats, name="hq-tap-stats", daemon=True).start()
+        self.watch.watch(self.writer.thread)
+        self.watch.spawn(self._watch_boot, "hq-boot-watch")
+        self.watch.spawn(self._log_stats, "hq-tap-stats")
+        threading.Thread(target=self._startup, name="hq-tap-startup", daemon=True).start()
         log.info("tap for server %r watching gearmand %s:%d (pid %s)", self.server,
                  *self.gearman, self.pid)
+
+    def _startup(self) -> None:
+        """The start-up work that needs Postgres (and gearmand's pid), retried with backoff
+        until it succeeds or the tap stops."""
+        from django.db import connection
+
+        delay = RETRY_FIRST_S
+        while not self._stop.is_set():
+            if self.pid != "0":  # the poller learns it when gearmand answers later
+                try:
+                    self._close_previous_boots()
+                    return
+                except Exception as exc:
+                    self.counters["startup_retries"] += 1
+                    log.warning("start-up query failed (%s: %s); retrying in %.1f s",
+                                exc.__class__.__name__, str(exc).strip()[:200], delay)
+                finally:
+                    connection.close()
+            self._stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _close_previous_boots(self) -> None:
         """Jobs still queued or running under an older boot of this server died with that
         gearmand while no tap was watching: record them lost (through the usual events,
         so each gets its timeline entry)."""
-        if self.pid == "0":
-            return  # gearmand's pid unknown: nothing can be concluded yet
         from broker.tracker import Event
         from jobs.models import Job
 
+        pid = self.pid
         stale = (Job.objects.filter(server__name=self.server,
                                     state__in=["queued", "running", "scheduled"])
-                 .exclude(boot__token=self.pid).exclude(boot__token__startswith=f"{self.pid}.")
+                 .exclude(boot__token=pid).exclude(boot__token__startswith=f"{pid}.")
                  .values_list("boot__token", "handle"))
         now = time.time()
-        count = 0
-        for token, handle in stale.iterator():
+        found = list(stale)  # all read before any is emitted: a retry emits nothing twice
+        for token, handle in found:
             self.writer.emit(Event("lost", token, handle, now,
                                    detail="gearmand restarted while HQ was not watching"))
-            count += 1
-        if count:
-            log.warning("%d jobs of earlier gearmand runs were still open: recorded lost", count)
+        if found:
+            log.warning("%d jobs of earlier gearmand runs were still open: recorded lost",
+                        len(found))
 
     def quiesce(self) -> None:
         """Stop polling gearmand (our own admin traffic would keep a draining capture
         busy); ingest goes on until :meth:`stop`."""
+        self.watch.stopping()  # the poller and the reporter end now, on purpose
         self._stop.set()
 
     def stop(self) -> None:
+        self._stopping = True
+        self.watch.stopping()
         self._stop.set()
         self.writer.stop()
         stats = self.stats()
         live.tap_stats_to_redis(self.server, stats)
         live.drain(2)
-        log.info("tap stopped: %s", json.dumps(stats, sort_keys=True))
+        log.info("tap stopped: %s", json.dumps(stats, sort_keys=True, default=str))
 
     def _jobs_changed(self, rows: list[tuple[int, str, str, str]]) -> None:
         """After each committed batch: tell the live stream (coalesced there)."""
@@ -112,15 +155,23 @@ class TapRunner:
             "source": self.source_stats(),
             "tap": dict(self.sink.counters),
             "tracker": dict(self.sink.tracker.counters),
-            "writer": dict(self.writer.counters, queued=self.writer.queued,
-                           spool_batches=len(self.writer.spool)),
+            "writer": self.writer.stats(),
+            "process": {"pid": os.getpid(), "started_at": self._started_at,
+                        "stopping": self._stopping, "dead_thread": self.watch.dead,
+                        **self.counters},
+            **self.extra_stats,
         }
 
     def _watch_boot(self) -> None:
         """Poll gearmand's admin protocol: its pid (a change is a new boot) and, for the
-        monitoring pages, its status and workers lists."""
+        monitoring pages, its status and workers lists. One failed poll is logged, never
+        the end of the thread."""
         while not self._stop.wait(self._poll_interval):
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception:
+                self.counters["poll_errors"] += 1
+                log.exception("admin poll failed")
 
     def poll_once(self) -> None:
         from monitoring.services import record_poll, record_poll_failure
@@ -165,11 +216,15 @@ class TapRunner:
             close_old_connections()
 
     def _log_stats(self) -> None:
-        """Stats to Redis every few seconds (for /metrics), to the log less often."""
+        """Stats to Redis every few seconds (for /metrics and the health checks), to the
+        log less often."""
         last_log = time.monotonic()
         while not self._stop.wait(STATS_TO_REDIS_S):
-            stats = self.stats()
-            live.tap_stats_to_redis(self.server, stats)
-            if time.monotonic() - last_log >= self._stats_interval:
-                last_log = time.monotonic()
-                log.info("tap stats: %s", json.dumps(stats, sort_keys=True))
+            try:
+                stats = self.stats()
+                live.tap_stats_to_redis(self.server, stats)
+                if time.monotonic() - last_log >= self._stats_interval:
+                    last_log = time.monotonic()
+                    log.info("tap stats: %s", json.dumps(stats, sort_keys=True, default=str))
+            except Exception:
+                log.exception("tap stats not reported")

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from broker.capture import CaptureSource
 from broker.tcpdump import CaptureError
 from hq.tap.runner import TapRunner
+from hq.tap.threads import EXIT_THREAD_DIED
 
 log = logging.getLogger("hq.tap")
 DRAIN_MAX_S = 10.0
@@ -51,17 +52,22 @@ class Command(BaseCommand):
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
+        runner.watch.on_death = lambda why: source.stop()  # a dead thread ends the capture
         runner.start()
         threading.Thread(target=self._announce, args=(source, opts), daemon=True).start()
         started = time.monotonic()
         try:
-            source.run()
+            if not runner.watch.dead:
+                source.run()
         except CaptureError as exc:
             raise CommandError(f"capture failed: {exc}. Without capture rights, run "
                                "gearman_proxy instead (HQ_TAP_MODE=proxy).") from exc
         finally:
             runner.stop()
         log.info("capture ran %.1f s", time.monotonic() - started)
+        if runner.watch.dead:
+            raise CommandError(f"capture stopped because a tap {runner.watch.dead}",
+                               returncode=EXIT_THREAD_DIED)
 
     @staticmethod
     def _drain_then_stop(source: CaptureSource) -> None:

@@ -1,7 +1,7 @@
 """Sit in front of a gearmand: forward every byte unchanged, record a copy."""
 
-import multiprocessing
-import os
+import signal
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -9,11 +9,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.admin import parse_address
 from broker.launcher import run_proxy
-from broker.pipe import PipeSink, make_pipe
 from broker.proxy import Address
 from broker.shippers import ShipMode
-from hq.tap import child as tapchild
 from hq.tap.runner import TapRunner
+from hq.tap.supervise import ChildSupervisor
+from hq.tap.threads import EXIT_THREAD_DIED, ThreadWatch
 
 
 class Command(BaseCommand):
@@ -48,26 +48,37 @@ class Command(BaseCommand):
     def _in_process(self, listen: Address, upstream: Address, server: str,
                     ship: ShipMode) -> None:
         runner = TapRunner(server, upstream)
+        runner.watch.on_death = lambda why: _stop_proxy()
         runner.start()
         try:
-            run_proxy(listen, upstream, lambda: runner.sink, 1, ship=ship)
+            if not runner.watch.dead:
+                run_proxy(listen, upstream, lambda: runner.sink, 1, ship=ship)
         finally:
             runner.stop()
+        if runner.watch.dead:
+            raise CommandError(f"proxy stopped because a tap {runner.watch.dead}",
+                               returncode=EXIT_THREAD_DIED)
 
     def _with_child(self, listen: Address, upstream: Address, server: str) -> None:
-        """Forward here; parse, track and ingest in a child process (hq/tap/child.py)."""
-        read_fd, write_fd = make_pipe()
-        ctx = multiprocessing.get_context("fork")  # before any loop or thread exists here
-        child = ctx.Process(target=tapchild.run, args=(read_fd, write_fd, server, upstream),
-                            name="hq-proxy-tap")
-        child.start()
-        os.close(read_fd)
-        sink = PipeSink(write_fd)
+        """Forward here; parse, track and ingest in a child process (hq/tap/child.py),
+        restarted whenever it ends (hq/tap/supervise.py)."""
+        supervisor = ChildSupervisor(server, upstream)
+        sink = supervisor.start()
+        watch = ThreadWatch(on_death=lambda why: _stop_proxy())
+        watch.install()
+        watch.spawn(supervisor.run, "hq-child-supervisor")
         try:
             run_proxy(listen, upstream, lambda: sink, 1, ship="inline")
         finally:
-            sink.close()  # the child sees the end of the pipe, flushes and exits
-            child.join(60)
-            if child.exitcode is None:
-                child.terminate()
-            self.stderr.write(f"proxy copies: {sink.counters}")
+            watch.stopping()
+            supervisor.stop()
+            self.stderr.write(f"proxy copies: {sink.counters}; decoding child restarts: "
+                              f"{supervisor.restarts}")
+        if watch.dead:
+            raise CommandError(f"proxy stopped because its {watch.dead}",
+                               returncode=EXIT_THREAD_DIED)
+
+
+def _stop_proxy() -> None:
+    """End ``run_proxy`` as SIGTERM does (its loop turns the signal into a clean stop)."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
