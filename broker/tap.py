@@ -2,7 +2,9 @@
 
 Both byte sources (``capture.py`` and ``proxy.py``) call a :class:`TapSink`; it decodes the
 bytes and hands packets to the :class:`~broker.tracker.Tracker`. Decode problems are
-counted and logged, never raised: a peer that sends garbage must not stop the tap.
+counted and logged, never raised: a peer that sends garbage must not stop the tap. The
+tracker is fuzzed never to raise; should it still, the packet is counted in
+``tracker_errors``, logged, and the next one is handled.
 
 Memory: each parser holds at most one partial packet (up to ``MAX_PACKET``, 64 MiB, as a
 peer may declare), and all of them together at most ``PARSE_BUDGET`` (256 MiB): past it
@@ -41,7 +43,7 @@ class TapSink:
         self._buffered = 0  # bytes held by all parsers together
         self._lock = threading.Lock()
         self.counters = {"connections": 0, "bytes": 0, "decode_errors": 0, "gaps": 0,
-                         "budget_drops": 0, "budget_dropped_bytes": 0}
+                         "budget_drops": 0, "budget_dropped_bytes": 0, "tracker_errors": 0}
 
     @property
     def buffered(self) -> int:
@@ -81,8 +83,11 @@ class TapSink:
             for item in items:
                 if isinstance(item, DecodeError):
                     self._decode_error(conn, from_peer, item)
-                else:
+                    continue
+                try:
                     packet(conn, item, ts, from_peer)
+                except Exception:  # a tracker bug must not stop the recording of the rest
+                    self._tracker_error(conn, item)
             if self._buffered > self.parse_budget:
                 self._shed()
 
@@ -117,6 +122,12 @@ class TapSink:
             self.counters["gaps"] += 1
             parser.resync()
             self.tracker.gap(conn)
+
+    def _tracker_error(self, conn: ConnKey, item: object) -> None:
+        self.counters["tracker_errors"] += 1
+        count = self.counters["tracker_errors"]
+        if count <= 10 or count % 1000 == 0:
+            log.exception("tracker error #%d on %s for %.200r", count, conn, item)
 
     def _decode_error(self, conn: ConnKey, from_peer: bool, err: DecodeError) -> None:
         self.counters["decode_errors"] += 1

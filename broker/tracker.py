@@ -23,6 +23,11 @@ What a packet says is believed only where gearmand would believe it (counted in
   ``misdirected``;
 - every string, number and time is made storable by a :class:`~broker.values.Cleaner`,
   and what the tracker keeps is bounded by :mod:`broker.limits`.
+
+The price of the first rule: when the copy of a JOB_ASSIGN is lost and the loss is
+reported only after the worker's reply (a proxy copy dropped under overload is reported
+at that direction's next bytes; a capture hole waits ``gap_timeout``), the reply is
+counted ``forged`` and the job's end is left to reconciliation with ``show jobs``.
 """
 
 from __future__ import annotations

@@ -173,3 +173,25 @@ def test_at_max_flows_unanswered_flows_are_evicted_first() -> None:
     replay = run(frames, writer=writer, max_flows=16)
     assert 39999 not in closed_ports(replay)  # the oldest, but gearmand answered it
     assert replay.reassembler.flows_open <= 16
+
+
+def test_a_tracker_error_is_counted_and_the_next_packet_still_recorded() -> None:
+    events: list[Event] = []
+    tracker = Tracker(events.append)
+    sink = TapSink(tracker)
+    real = tracker.packet
+    broken = {"left": 1}
+
+    def packet(*args: object) -> None:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("a bug")
+        real(*args)  # type: ignore[arg-type]
+
+    tracker.packet = packet  # type: ignore[method-assign]
+    k = key(5001)
+    sink.on_open(k, 1.0)
+    sink.on_data(k, True, req(T.SUBMIT_JOB_BG, FN, b"", b"a").to_bytes() * 2, 2.0)
+    sink.on_data(k, False, res(T.JOB_CREATED, H1.encode()).to_bytes(), 3.0)
+    assert sink.counters["tracker_errors"] == 1
+    assert [(e.kind, e.handle) for e in events] == [("submitted", H1)]

@@ -277,6 +277,7 @@ def test_tap_survives_any_bytes_and_still_records_a_clean_job(
         sink.on_data(k, from_peer, packet.to_bytes(), ts + step)
     assert_storable(events)
     assert_recorded_exactly(events, handle.decode(), ts)
+    assert sink.counters["tracker_errors"] == 0
 
 
 # ------------------------------------------------------------------ reassembly
@@ -331,6 +332,7 @@ def test_reassembler_and_tap_survive_any_segments_within_budget(
     assert reassembler.flows_open == 0 and reassembler.ooo_bytes == 0
     assert sink.buffered == 0
     assert_storable(events)
+    assert sink.counters["tracker_errors"] == 0
 
 
 @fuzz(300)
