@@ -32,9 +32,10 @@ def check(function: str, metric: str, warning: float, critical: float, *,
         server_id = Server.objects.filter(name=server).values_list("id", flat=True).first()
         if server_id is None:
             return CheckResult(UNKNOWN, f"{label} UNKNOWN - no server named {server!r}")
-    found = [(fn, m.get(key)) for (sid, fn), m in metric_values.alert_metrics({window}).items()
+    found = [(sid, fn, m.get(key))
+             for (sid, fn), m in metric_values.alert_metrics({window}).items()
              if rule.matches(fn) and (server_id is None or sid == server_id)]
-    values = [(fn, v) for fn, v in found if v is not None]
+    values = [(_subject(metric, sid, fn), v) for sid, fn, v in found if v is not None]
     if not values:
         return CheckResult(UNKNOWN, f"{label} UNKNOWN - no data for {function!r}")
     fn, value = (min if below else max)(values, key=lambda item: item[1])
@@ -45,6 +46,15 @@ def check(function: str, metric: str, warning: float, critical: float, *,
     code = CRITICAL if worse(critical) else WARNING if worse(warning) else OK
     perf = f"{metric}={num(value)};{num(warning)};{num(critical)}"
     return CheckResult(code, f"{label} {NAMES[code]} - {fn} {metric} is {num(value)} | {perf}")
+
+
+def _subject(metric: str, server_id: int, function: str) -> str:
+    """What the status line names: the queue's function, or for a per-server metric
+    (``tap_health``, function ``*``) the server."""
+    if metric != Metric.TAP_HEALTH:
+        return function
+    name = Server.objects.filter(pk=server_id).values_list("name", flat=True).first()
+    return f"server {name}" if name else function
 
 
 def num(value: float) -> str:

@@ -29,6 +29,7 @@ import pytest
 from django.test import Client
 
 from alerts import services
+from alerts.check import CRITICAL, OK, check
 from alerts.models import Alert
 from jobs.models import Server
 from monitoring import live
@@ -339,3 +340,15 @@ def test_tap_health_alert_fires_for_a_stale_or_dead_tap_only(
     assert firing == unhealthy
     assert servers["healthy"].id not in firing
     assert set(Alert.objects.filter(rule=tap_rule).values_list("function", flat=True)) == {"*"}
+
+
+def test_nagios_check_names_the_server_whose_tap_is_unhealthy(
+    taps: dict[str, str], transactional_db: None
+) -> None:
+    for name in taps.values():
+        Server.objects.create(name=name)
+    sick, fine = taps["writer dead"], taps["healthy"]
+    bad = check("*", "tap_health", 1, 1, below=True, server=sick)
+    assert bad.code == CRITICAL and f"server {sick} tap_health is 0" in bad.line
+    good = check("*", "tap_health", 1, 1, below=True, server=fine)
+    assert good.code == OK and "tap_health=1;1;1" in good.line
