@@ -18,7 +18,7 @@ from broker.limits import REASSEMBLY_BUDGET, UNPROVEN_TIMEOUT
 from broker.pcap import TH_ACK, TH_FIN, TH_RST, TH_SYN, TcpSegment
 from broker.pcap import format_address as _format_address
 from broker.stream import ConnKey, StreamSink
-from broker.tcpflow import MASK, Flow, FlowKey, Half, proven, seq_delta
+from broker.tcpflow import MASK, Flow, FlowKey, Half, RecentKeys, proven, seq_delta
 
 __all__ = ["STATS", "TcpReassembler", "seq_delta"]
 
@@ -28,7 +28,7 @@ _CONTROL = TH_SYN | TH_FIN | TH_RST
 STATS = (
     "segments", "bytes", "gaps", "lost_bytes", "out_of_order", "retransmits", "foreign",
     "flows_open", "flows_total", "flows_mid_stream", "flows_expired", "flows_unproven_expired",
-    "budget_gaps", "ooo_bytes",
+    "budget_gaps", "ooo_bytes", "flows_reversed",
 )
 
 
@@ -44,12 +44,12 @@ class TcpReassembler:
     ``idle_timeout`` (``closing_timeout`` once one side sent FIN) are closed, and at most
     ``max_flows`` are tracked, so memory stays bounded whatever the capture misses.
 
-    Against a hostile peer (numbers in :mod:`broker.limits`): all flows together hold at
-    most ``ooo_budget`` out-of-order bytes (128 MiB; over it the largest holes are given up,
-    as gaps, counted in ``budget_gaps``, until 3/4 is left), and a flow gearmand never sent
-    a byte on is closed after ``unproven_timeout`` (2 minutes) of silence and is the first
-    evicted at ``max_flows``: such a flow holds no job state (no assignment, no
-    JOB_CREATED), so closing it early loses nothing.
+    Against a hostile peer (numbers in :mod:`broker.limits`): all flows hold at most
+    ``ooo_budget`` out-of-order bytes (128 MiB; past it the largest holes are given up as
+    gaps, ``budget_gaps``); a flow gearmand never sent a byte on (so no job state) closes
+    after ``unproven_timeout`` (2 min) idle and is evicted first at ``max_flows``; and a
+    connection *initiated from* the server port (someone's own port 4730 to any port here)
+    is ignored (``flows_reversed``), as its bytes would read as gearmand's replies.
     """
 
     def __init__(
@@ -81,17 +81,11 @@ class TcpReassembler:
         self.ooo_bytes = 0  # out-of-order bytes buffered, all flows together
         self._flows: dict[FlowKey, Flow] = {}
         self._next_sweep = float("-inf")
-        self.segments = 0
-        self.bytes = 0
-        self.gaps = 0
-        self.lost_bytes = 0
-        self.out_of_order = 0
-        self.retransmits = 0
-        self.foreign = 0
-        self.flows_total = 0
-        self.flows_mid_stream = 0
-        self.flows_expired = 0
-        self.flows_unproven_expired = 0
+        self._reversed = RecentKeys()  # connections initiated from the server port
+        # the counters of STATS (flows_open and ooo_bytes aside)
+        self.segments = self.bytes = self.gaps = self.lost_bytes = self.out_of_order = 0
+        self.retransmits = self.foreign = self.flows_total = self.flows_mid_stream = 0
+        self.flows_expired = self.flows_unproven_expired = self.flows_reversed = 0
         self.budget_gaps = 0
 
     @property
@@ -155,6 +149,12 @@ class TcpReassembler:
             return
         seq = seg.seq
         payload = seg.payload
+        if flags & TH_SYN and bool(flags & TH_ACK) == from_peer:
+            self._reverse(ts, key, flow)  # a SYN from the server port: not gearmand's
+            return
+        if flow is None and key in self._reversed:
+            self.foreign += 1
+            return
         if flags & TH_SYN:
             flow = self._syn(ts, key, from_peer, flow, seg)
             seq = (seq + 1) & MASK
@@ -169,6 +169,14 @@ class TcpReassembler:
             self._data(flow, half, from_peer, seq, payload, ts)
         if flags & TH_FIN and not flow.closed:
             self._fin(flow, half, from_peer, (seq + len(payload)) & MASK, ts)
+
+    def _reverse(self, ts: float, key: FlowKey, flow: Flow | None) -> None:
+        if key not in self._reversed:
+            self.flows_reversed += 1
+        self.foreign += 1
+        self._reversed.add(key)
+        if flow is not None:
+            self._finish(flow, ts)
 
     def _syn(
         self, ts: float, key: FlowKey, from_peer: bool, flow: Flow | None, seg: TcpSegment

@@ -3,6 +3,8 @@ it: a :class:`Flow` of two :class:`Half` directions, and 32-bit sequence arithme
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from broker.stream import ConnKey
 
 MASK = 0xFFFFFFFF
@@ -56,3 +58,28 @@ def proven(flow: Flow) -> bool:
     if server.next is None:
         return False
     return server.isn is None or seq_delta(server.next, server.isn) > 1
+
+
+class RecentKeys:
+    """A set of flow keys that forgets its oldest past ``cap`` (a bounded blocklist)."""
+
+    __slots__ = ("_keys", "cap")
+
+    def __init__(self, cap: int = 4096) -> None:
+        self._keys: OrderedDict[FlowKey, None] = OrderedDict()
+        self.cap = cap
+
+    def __contains__(self, key: FlowKey) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: FlowKey) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self.cap:
+            self._keys.popitem(last=False)
+
+    def discard(self, key: FlowKey) -> None:
+        self._keys.pop(key, None)

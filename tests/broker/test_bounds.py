@@ -195,3 +195,25 @@ def test_a_tracker_error_is_counted_and_the_next_packet_still_recorded() -> None
     sink.on_data(k, False, res(T.JOB_CREATED, H1.encode()).to_bytes(), 3.0)
     assert sink.counters["tracker_errors"] == 1
     assert [(e.kind, e.handle) for e in events] == [("submitted", H1)]
+
+
+def test_a_connection_made_from_the_server_port_is_not_read_as_gearmand() -> None:
+    """Anyone may connect *from* their own port 4730 to another port of the gearmand host;
+    a capture of ``tcp port 4730`` sees it, and its bytes would look like gearmand's
+    replies (JOB_ASSIGN, WORK_FAIL...). The reassembler ignores such a connection."""
+    fake = pcapgen.Conversation(peer="10.0.0.1", peer_port=22, server="10.0.0.66")
+    assign = res(T.JOB_ASSIGN, H1.encode(), FN, b"x").to_bytes()
+    frames = [
+        fake.frame(False, fake.server_isn, flags=pcapgen.SYN),  # a SYN *from* port 4730
+        fake.frame(True, fake.peer_isn, flags=pcapgen.SYN | pcapgen.ACK,
+                   ack=fake.server_isn + 1),
+        fake.data(False, 0, assign),
+        fake.data(True, 0, b"SSH-2.0-OpenSSH\r\n"),
+    ]
+    real = pcapgen.Conversation(peer_port=40000)
+    frames += [*handshake(real), real.data(True, 0, b"ping"), real.data(False, 0, b"pong")]
+    replay = run(frames)
+    assert replay.reassembler.flows_reversed == 1
+    assert replay.reassembler.foreign == 4
+    assert [e[1].peer_port for e in replay.sink.events
+            if isinstance(e[1], ConnKey)] == [40000] * 3  # open and the two data of the real one
