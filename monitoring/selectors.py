@@ -49,7 +49,11 @@ def servers() -> list[dict[str, Any]]:
 
 
 def _sql(name: str) -> str:
-    return (Path(__file__).with_name("sql") / f"{name}.sql").read_text()
+    """A statement from ``sql/NAME.sql`` without its ``--`` comment lines: Django binds
+    parameters on the client, so a placeholder left in a comment would put a value where
+    a newline in it ends the comment and turns the rest into SQL."""
+    text = (Path(__file__).with_name("sql") / f"{name}.sql").read_text()
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
 
 
 LATEST_SQL = _sql("latest_snapshots")

@@ -31,6 +31,8 @@ HOSTILE = [
     "2026-02-30T00:00:00", "2026-13-01T00:00:00Z", "0001-01-01T00:00:00+23:59",
     "9999-12-31T23:59:59-23:59", "2026-11-24T10:00:00Z", "2026-11-24 10:00:00 01:00",
     "queued,,,running", "firing", "resolved", " ", "",
+    # a newline ends an SQL comment: a value bound into one must not become SQL
+    "a\nb", "\n} ; SELECT 1 --", "\r\n", "x\n--",
 ]
 
 def _b64(raw: str) -> str:

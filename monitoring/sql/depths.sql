@@ -1,4 +1,4 @@
--- One queue's deepest point per %(step)s-second bucket since %(since)s.
+-- One queue's deepest point per bucket of `step` seconds since `since`.
 SELECT to_timestamp(floor(extract(epoch FROM at) / %(step)s) * %(step)s) AS t,
        max(total - running)
 FROM monitoring_queuesnapshot

@@ -1,5 +1,5 @@
--- gearmand's latest `status` line per server and function, polled since %(since)s;
--- %(server)s (a server name) narrows it to one server, NULL means every server.
+-- gearmand's latest `status` line per server and function, polled since `since`;
+-- `server` (a server name) narrows it to one server, NULL means every server.
 SELECT DISTINCT ON (q.server_id, q.function)
        q.server_id, s.name, q.function, q.total, q.running, q.workers, q.at
 FROM monitoring_queuesnapshot q

@@ -1,5 +1,5 @@
--- Rollup minutes in [%(since)s, %(until)s) added up per server and function (NULL bounds
--- are open); %(server)s narrows to one server name.
+-- Rollup minutes in [since, until) added up per server and function (NULL bounds are
+-- open); `server` narrows to one server name.
 SELECT r.server_id, r.function, sum(r.submitted), sum(r.completed), sum(r.failed)
 FROM monitoring_rollup r
 WHERE (%(since)s::timestamptz IS NULL OR r.minute >= %(since)s)

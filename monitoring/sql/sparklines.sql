@@ -1,4 +1,4 @@
--- The last %(points)s queue depths per server and function since %(since)s, oldest first.
+-- The last `points` queue depths per server and function since `since`, oldest first.
 SELECT server_id, function, total - running
 FROM (
     SELECT q.server_id, q.function, q.total, q.running, q.at,
