@@ -24,6 +24,7 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     serializer_class = TokenSerializer
     permission_classes = [ViewerForOwnThings]
     pagination_class = NewestFirst
+    queryset = ApiToken.objects.none()  # for the schema only (the id's type); see get_queryset
 
     def get_queryset(self) -> QuerySet[ApiToken]:
         return selectors.tokens_visible_to(cast(AbstractUser, self.request.user))

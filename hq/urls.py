@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from monitoring.metrics import metrics as metrics_view
@@ -21,7 +21,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", views.api_docs, name="api-docs"),
-    path("api/<path:rest>", api_not_found),
+    # any other path under /api/, newlines included (<path:> stops at one): a JSON 404
+    re_path(r"^api/(?P<rest>(?s:.*))$", api_not_found),
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
     path("", include("monitoring.web_urls")),

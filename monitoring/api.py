@@ -11,14 +11,17 @@ from rest_framework.views import APIView
 from . import selectors
 
 SERVER = OpenApiParameter("server", OpenApiTypes.STR, description="server name")
+#: the lists answer ``{"results": [...]}``; the row fields are in the README's REST section
+RESULTS = {200: OpenApiTypes.OBJECT}
 
 
+@extend_schema(responses=RESULTS)
 class ServerList(APIView):
     def get(self, request: Request) -> Response:
         return Response({"results": selectors.servers()})
 
 
-@extend_schema(parameters=[SERVER])
+@extend_schema(parameters=[SERVER], responses=RESULTS)
 class QueueList(APIView):
     def get(self, request: Request) -> Response:
         rows = selectors.queues(request.query_params.get("server") or None)
@@ -31,7 +34,7 @@ class QueueList(APIView):
     SERVER,
     OpenApiParameter("range", OpenApiTypes.STR, enum=list(selectors.RANGES)),
     OpenApiParameter("step", OpenApiTypes.INT, description="seconds, a multiple of 60"),
-])
+], responses=RESULTS)
 class QueueStats(APIView):
     def get(self, request: Request, function: str) -> Response:
         params = request.query_params
@@ -40,7 +43,7 @@ class QueueStats(APIView):
                                               params.get("server") or None))
 
 
-@extend_schema(parameters=[SERVER])
+@extend_schema(parameters=[SERVER], responses=RESULTS)
 class WorkerList(APIView):
     def get(self, request: Request) -> Response:
         return Response({"results": selectors.workers(request.query_params.get("server"))})
