@@ -3,9 +3,12 @@
 :class:`BatchStore` owns the writer's connection and writes a :class:`Batch` in one
 transaction (``jobs/store.py`` has the statements). Its failures fall in two kinds:
 
-* **transient** — the database is away or overloaded (:data:`TRANSIENT`: connection
-  failures, ``OperationalError`` such as a shutdown, a statement timeout or a deadlock,
-  ``InterfaceError``). They propagate: the caller spools the batch and retries later.
+* **transient** — the database is away, overloaded or not usable as it stands
+  (:data:`TRANSIENT`: connection failures, ``OperationalError`` such as a shutdown, a
+  statement timeout or a deadlock, ``InterfaceError``, and ``ProgrammingError``: a missing
+  table or a revoked privilege, which no value of a row causes and which splitting would
+  only turn into every row quarantined). They propagate: the caller spools the batch and
+  retries later.
 * **the data** — anything else (``DataError``, ``IntegrityError``, other database errors,
   or an exception from building the COPY such as a number past ``bigint``). Retrying
   cannot help, so the batch is split in halves, each written in its own transaction, down
@@ -39,8 +42,9 @@ from .quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
-#: errors that say "Postgres is away (or too busy)", not "this data is wrong"
-TRANSIENT: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+#: errors that say "Postgres is away (too busy, not migrated)", not "this data is wrong"
+TRANSIENT: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError,
+                                          psycopg.ProgrammingError)
 #: quarantined rows logged one by one, then one in LOG_EVERY
 LOG_FIRST, LOG_EVERY = 20, 1000
 

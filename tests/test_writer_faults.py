@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from broker.tracker import Event
 from jobs.ingest import EventWriter, conninfo_from_settings
@@ -240,6 +240,24 @@ def test_a_replay_after_a_crash_mid_split_inserts_nothing_twice(
     writer.flush()
     assert event_count(server) == 6 and writer.stats()["duplicates"] > 0
     assert len(quarantined(spool_dir, server)) == 2  # quarantined again, written once
+
+
+def test_a_database_without_the_tables_is_an_outage_not_bad_data(
+    make_writer: WriterFactory, server: str, spool_dir: Path
+) -> None:
+    """A missing table (or privilege) is no row's fault: the batch waits in the spool
+    instead of every row being quarantined."""
+    params = conninfo_to_dict(conninfo_from_settings())
+    unmigrated = make_conninfo(**{**params, "dbname": "postgres"})  # exists, no HQ tables
+    ts = t0()
+    writer = make_writer(unmigrated)
+    emit_all(writer, job_of(ts, "H:x:1"))
+    with pytest.raises(psycopg.ProgrammingError):
+        writer.flush()
+    assert len(writer.spool) == 1 and quarantined(spool_dir, server) == []
+
+    make_writer().flush()
+    assert handles(server) == {"H:x:1"} and event_count(server) == 3
 
 
 # ------------------------------------------------------------------------ corrupt spool
