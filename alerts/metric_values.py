@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from jobs.models import Server
 from monitoring import histogram, selectors
-from monitoring import live as live_stream
+from monitoring import taps as tap_reports
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _add_taps(out: Values, now: datetime) -> None:
     0 not (``jobs.tap_health``: stale, a dead thread, Postgres away, lagging...). Redis
     down: no values (the other metrics still count)."""
     try:
-        taps = live_stream.taps_health(now.timestamp())
+        taps = tap_reports.taps_health(now.timestamp())
     except Exception as exc:
         log.warning("tap health unavailable for alerts: %s", exc)
         return

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from monitoring import live
+from monitoring import taps
 
 
 def _check_db() -> str:
@@ -36,7 +36,7 @@ def _check_redis() -> str:
 
 def _taps() -> dict[str, Any]:
     try:
-        return {server: health.as_json() for server, health in sorted(live.taps_health().items())}
+        return {server: health.as_json() for server, health in sorted(taps.taps_health().items())}
     except Exception:  # Redis down: the redis check above already says so
         return {}
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import re
@@ -53,8 +52,6 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from jobs.tap_health import TapHealth, assess
-
 log = logging.getLogger(__name__)
 
 #: the Channels group every live consumer joins
@@ -64,10 +61,6 @@ EVENT_TYPE = "live.message"
 #: Redis sorted set of watched handle patterns (score: expiry, epoch seconds)
 WATCH_KEY = "hq:live:watch"
 WATCH_TTL_S = 900
-#: Redis hash a tap writes its counters to: fields "stats" (JSON) and "updated_at" (epoch)
-TAP_KEY = "hq:tap:{server}"
-TAP_KEY_TTL_S = 86400
-
 SAMPLES_PER_FUNCTION = 10
 SAMPLES_MAX = 300
 WATCHED_MAX = 500
@@ -82,7 +75,7 @@ def _interval_s() -> float:
     return max(0.05, getattr(settings, "HQ_LIVE_INTERVAL_MS", 500) / 1000)
 
 
-# -- Redis (plain commands: watch list, tap stats) ---------------------------------------
+# -- Redis (plain commands: the watch list; tap stats are in monitoring/taps.py) ------
 
 _redis_lock = threading.Lock()
 _redis_client: tuple[int, redis.Redis] | None = None
@@ -97,93 +90,6 @@ def redis_client() -> redis.Redis:
                                           socket_connect_timeout=2)
             _redis_client = (os.getpid(), client)
         return _redis_client[1]
-
-
-def tap_stats_to_redis(server: str, stats: Mapping[str, Any]) -> None:
-    """Called by a tap every few seconds with ``TapRunner.stats()``; read by ``/metrics``.
-
-    Expected shape (missing keys are skipped by the reader)::
-
-        {"source": {"kernel_drops", "gaps", ...}, "tap": {"decode_errors", "gaps"},
-         "tracker": {"events"}, "writer": {"events_written", "spool_batches", "lag_ms",
-         "queued", "db_errors", "writer_alive", "quarantined_events", "spool_bytes", ...},
-         "process": {"pid", "dead_thread", "stopping"}}
-
-    ``jobs.tap_health`` judges it (:func:`taps_health`).
-    """
-    try:
-        key = TAP_KEY.format(server=server)
-        client = redis_client()
-        with client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"stats": json.dumps(stats, default=str),
-                                    "updated_at": repr(time.time())})
-            pipe.expire(key, TAP_KEY_TTL_S)
-            pipe.execute()
-    except Exception as exc:
-        _counters["errors"] += 1
-        _warn("tap stats not written to Redis: %s", exc)
-
-
-def tap_section_to_redis(server: str, section: str, data: Mapping[str, Any]) -> None:
-    """A part of a tap's report written by another process than the one that writes
-    ``stats`` (the proxy's forwarding process says how its decoding child is): stored as
-    its own field, read back as ``stats[section]`` with its own ``updated_at``."""
-    try:
-        key = TAP_KEY.format(server=server)
-        body = json.dumps({**data, "updated_at": time.time()}, default=str)
-        client = redis_client()
-        with client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, section, body)
-            pipe.expire(key, TAP_KEY_TTL_S)
-            pipe.execute()
-    except Exception as exc:
-        _counters["errors"] += 1
-        _warn("tap %s stats not written to Redis: %s", section, exc)
-
-
-def read_tap_stats() -> dict[str, tuple[dict[str, Any], float]]:
-    """``server -> (stats, updated_at)`` for every ``hq:tap:*`` hash in Redis; the other
-    sections of the hash (:func:`tap_section_to_redis`) are merged into ``stats``.
-    Raises ``redis.RedisError`` when Redis does not answer."""
-    client = redis_client()
-    prefix = TAP_KEY.format(server="")
-    keys = sorted(client.scan_iter(match=prefix + "*", count=500))
-    with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        answers = pipe.execute(raise_on_error=False)
-    out = {}
-    for key, answer in zip(keys, answers, strict=True):
-        if isinstance(answer, Exception) or not answer:
-            continue
-        fields = {_text(k): v for k, v in answer.items()}
-        try:
-            stats = json.loads(fields.pop("stats"))
-            updated = float(fields.pop("updated_at", 0) or 0)
-        except (KeyError, ValueError):
-            continue
-        if not isinstance(stats, dict):
-            continue
-        for name, raw in fields.items():
-            try:
-                stats.setdefault(name, json.loads(raw))
-            except ValueError:
-                continue
-        out[_text(key)[len(prefix):]] = (stats, updated)
-    return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def taps_health(now: float | None = None) -> dict[str, TapHealth]:
-    """Every reporting tap's health (``jobs.tap_health``), by server name. Raises
-    ``redis.RedisError`` when Redis does not answer."""
-    now = time.time() if now is None else now
-    lag_max = float(settings.HQ_TAP_LAG_MAX_S)
-    return {server: assess(server, stats, updated, now, lag_max_s=lag_max)
-            for server, (stats, updated) in read_tap_stats().items()}
 
 
 def watch_handle(handle: str, ttl_s: int = WATCH_TTL_S) -> None:

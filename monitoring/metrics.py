@@ -51,7 +51,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from jobs.models import Server
 from jobs.tap_health import assess
 
-from . import histogram, live, selectors
+from . import histogram, live, selectors, taps
 from .models import ServerState
 
 log = logging.getLogger(__name__)
@@ -329,6 +329,23 @@ TAP_METRICS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
      (("proxy", "child_restarts"),)),
     ("hq_tap_child_lost_bytes", "Proxy mode: forwarded bytes not recorded while the decoding "
      "child was down (at least)", "counter", (("proxy", "child_lost_bytes"),)),
+    ("hq_tap_forged_replies", "WORK_* replies not from the job's worker (ignored, as "
+     "gearmand ignores them)", "counter", (("tracker", "forged"),)),
+    ("hq_tap_malformed_packets", "Packets the tracker could not use (bad fields)", "counter",
+     (("tracker", "malformed"),)),
+    ("hq_tap_values_cleaned", "Wire strings escaped or cut to be storable", "counter",
+     (("tracker", "values_cleaned"),)),
+    ("hq_tap_bad_numbers", "Progress numbers and epochs out of range (stored as none)",
+     "counter", (("tracker", "bad_numbers"),)),
+    ("hq_tap_tracker_errors", "Packets whose handling raised (counted, skipped)", "counter",
+     (("tap", "tracker_errors"),)),
+    ("hq_tap_budget_dropped_bytes", "Unparsed bytes dropped at the memory budget", "counter",
+     (("tap", "budget_dropped_bytes"),)),
+    ("hq_tap_admin_lines_skipped", "Admin protocol reply lines that could not be parsed",
+     "counter", (("process", "admin_lines_skipped"),)),
+    ("hq_tap_jobs_followed", "Jobs the tracker follows now", "gauge", (("tracker", "jobs"),)),
+    ("hq_tap_connections", "Connections the tracker follows now", "gauge",
+     (("tracker", "conns"),)),
     ("hq_tap_spool_batches", "Batches waiting in the disk spool", "gauge",
      (("writer", "spool_batches"),)),
     ("hq_tap_spool_bytes", "Bytes in the disk spool", "gauge", (("writer", "spool_bytes"),)),
@@ -354,11 +371,11 @@ def _dig(stats: dict[str, Any], paths: tuple[tuple[str, str], ...]) -> float | N
 
 def tap_metrics() -> Iterator[Metric]:
     families = []
-    taps = live.read_tap_stats()
+    reports = taps.read_tap_stats()
     for name, doc, kind, paths in TAP_METRICS:
         cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
         family = cls(name, doc, labels=["server"])
-        for server, (stats, _) in sorted(taps.items()):
+        for server, (stats, _) in sorted(reports.items()):
             value = _dig(stats, paths)
             if value is not None:
                 family.add_metric([server], value)
@@ -370,12 +387,12 @@ def tap_metrics() -> Iterator[Metric]:
                             "Seconds since the tap last reported (stale: the tap is down)",
                             labels=["server"])
     now = time.time()
-    for server, (stats, updated) in sorted(taps.items()):
+    for server, (stats, updated) in sorted(reports.items()):
         lag_ms = _dig(stats, (("writer", "lag_ms"),))
         if lag_ms is not None:
             lag.add_metric([server], max(lag_ms, 0) / 1000)
         age.add_metric([server], max(now - updated, 0.0))
-    yield from (*families, lag, age, *health_metrics(taps, now))
+    yield from (*families, lag, age, *health_metrics(reports, now))
 
 
 def health_metrics(taps: dict[str, tuple[dict[str, Any], float]],

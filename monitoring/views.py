@@ -15,7 +15,7 @@ from hq.errors import InvalidInput
 from hq.web import HtmxHttpRequest, render_page, viewer_required
 from jobs.tap_health import TapHealth
 
-from . import live, selectors
+from . import selectors, taps
 from .presenters import has_data, queue_row, server_card, summary, totals, worker_row
 
 DEFAULT_RANGE = "1h"
@@ -39,7 +39,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
 def _taps_health() -> dict[str, TapHealth]:
     """The taps' health from Redis; none when Redis does not answer (the page still shows)."""
     try:
-        return live.taps_health()
+        return taps.taps_health()
     except Exception:
         return {}
 

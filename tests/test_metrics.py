@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.models import Server
-from monitoring import histogram, live, metrics
+from monitoring import histogram, live, metrics, taps
 from monitoring.models import QueueSnapshot, Rollup, ServerState
 
 pytestmark = pytest.mark.django_db
@@ -139,7 +139,7 @@ def test_counters_only_grow_as_minutes_settle_and_rollups_expire(
 
 def test_tap_stats_from_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     tap = f"tap-{uuid.uuid4().hex[:6]}"
-    live.tap_stats_to_redis(tap, {
+    taps.tap_stats_to_redis(tap, {
         "source": {"kernel_drops": 3, "gaps": 9, "segments": 100},
         "tap": {"decode_errors": 2, "gaps": 7, "bytes": 1000},
         "tracker": {"events": 1234},
@@ -147,7 +147,7 @@ def test_tap_stats_from_redis(monkeypatch: pytest.MonkeyPatch) -> None:
                    "db_errors": 5},
     })
     proxy_tap = f"tap-{uuid.uuid4().hex[:6]}"  # proxy mode: no kernel drops
-    live.tap_stats_to_redis(proxy_tap, {"tap": {"gaps": 0}, "tracker": {"events": 1}})
+    taps.tap_stats_to_redis(proxy_tap, {"tap": {"gaps": 0}, "tracker": {"events": 1}})
     try:
         found = samples()
         assert get(found, "hq_tap_events_total", server=tap) == 1234
@@ -164,8 +164,8 @@ def test_tap_stats_from_redis(monkeypatch: pytest.MonkeyPatch) -> None:
         assert get(found, "hq_tap_kernel_drops_total", server=proxy_tap) is None
         assert get(found, "hq_scrape_error", source="taps") == 0
     finally:
-        live.redis_client().delete(live.TAP_KEY.format(server=tap),
-                                   live.TAP_KEY.format(server=proxy_tap))
+        live.redis_client().delete(taps.TAP_KEY.format(server=tap),
+                                   taps.TAP_KEY.format(server=proxy_tap))
 
 
 def test_redis_down_hides_only_the_tap_metrics(now: datetime,

@@ -33,6 +33,7 @@ from alerts.check import CRITICAL, OK, check
 from alerts.models import Alert
 from jobs.models import Server
 from monitoring import live
+from monitoring import taps as tap_reports
 from tests.pg_relay import Relay
 from tests.support.alerting import rule
 from tests.support.gearman_cli import gearman
@@ -129,7 +130,7 @@ def children(pid: int) -> list[int]:
 
 
 def proxy_report(server: str) -> dict[str, Any]:
-    stats = live.read_tap_stats().get(server)
+    stats = tap_reports.read_tap_stats().get(server)
     return dict(stats[0].get("proxy", {})) if stats else {}
 
 
@@ -138,7 +139,7 @@ def proxy_tap(gearmand: Gearmand, tmp_path: Path, transactional_db: None) -> Ite
     tap = start_tap("proxy", gearmand, tmp_path)
     yield tap
     tap.stop()
-    live.redis_client().delete(live.TAP_KEY.format(server=tap.server))
+    live.redis_client().delete(tap_reports.TAP_KEY.format(server=tap.server))
 
 
 def test_proxy_child_killed_is_restarted_and_records_again(proxy_tap: Tap) -> None:
@@ -236,7 +237,7 @@ def test_tap_started_while_postgres_is_down_reports_it_then_records(
     finally:
         text = tap.stop()
         relay.down()
-        live.redis_client().delete(live.TAP_KEY.format(server=tap.server))
+        live.redis_client().delete(tap_reports.TAP_KEY.format(server=tap.server))
     assert "Postgres unavailable" in text
 
 
@@ -252,7 +253,7 @@ def _db_address() -> tuple[str, int]:
 
 def report(server: str, stats: dict[str, Any], age_s: float = 0.0) -> None:
     """Write ``stats`` as the tap would have, ``age_s`` seconds ago."""
-    key = live.TAP_KEY.format(server=server)
+    key = tap_reports.TAP_KEY.format(server=server)
     live.redis_client().hset(key, mapping={"stats": json.dumps(stats),
                                            "updated_at": repr(time.time() - age_s)})
     live.redis_client().expire(key, 600)
@@ -293,7 +294,7 @@ def taps() -> Iterator[dict[str, str]]:
     for case, (stats, age, _) in cases(time.time()).items():
         report(names[case], stats, age)
     yield names
-    live.redis_client().delete(*(live.TAP_KEY.format(server=n) for n in names.values()))
+    live.redis_client().delete(*(tap_reports.TAP_KEY.format(server=n) for n in names.values()))
 
 
 def test_healthz_and_metrics_say_which_taps_are_unhealthy_and_why(

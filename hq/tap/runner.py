@@ -27,7 +27,7 @@ from django.conf import settings
 from broker.admin import AdminClient, AdminError, FunctionStatus, WorkerLine
 from broker.tap import TapSink, make_tap
 from jobs.ingest import EventWriter, conninfo_from_settings
-from monitoring import live
+from monitoring import live, taps
 
 from .threads import ThreadWatch
 
@@ -69,7 +69,7 @@ class TapRunner:
         #: more sections for the stats (the proxy's child adds how it was started)
         self.extra_stats: dict[str, dict[str, Any]] = {}
         self.watch = ThreadWatch()
-        self.counters = {"poll_errors": 0, "startup_retries": 0}
+        self.counters = {"poll_errors": 0, "startup_retries": 0, "admin_lines_skipped": 0}
         self._stop = threading.Event()
         self._stopping = False
         self._started_at = time.time()
@@ -141,7 +141,7 @@ class TapRunner:
         self._stop.set()
         self.writer.stop()
         stats = self.stats()
-        live.tap_stats_to_redis(self.server, stats)
+        taps.tap_stats_to_redis(self.server, stats)
         live.drain(2)
         log.info("tap stopped: %s", json.dumps(stats, sort_keys=True, default=str))
 
@@ -154,7 +154,7 @@ class TapRunner:
         return {
             "source": self.source_stats(),
             "tap": dict(self.sink.counters),
-            "tracker": dict(self.sink.tracker.counters),
+            "tracker": {**self.sink.tracker.counters, **self.sink.tracker.sizes()},
             "writer": self.writer.stats(),
             "process": {"pid": os.getpid(), "started_at": self._started_at,
                         "stopping": self._stopping, "dead_thread": self.watch.dead,
@@ -183,6 +183,7 @@ class TapRunner:
                 version = admin.version()
                 statuses = admin.status()
                 workers = admin.workers()
+                self.counters["admin_lines_skipped"] += admin.skipped
         except AdminError as exc:
             self._safely(record_poll_failure, self.server, address, str(exc))
             return  # gearmand down: the next answer tells whether it restarted
@@ -222,7 +223,7 @@ class TapRunner:
         while not self._stop.wait(STATS_TO_REDIS_S):
             try:
                 stats = self.stats()
-                live.tap_stats_to_redis(self.server, stats)
+                taps.tap_stats_to_redis(self.server, stats)
                 if time.monotonic() - last_log >= self._stats_interval:
                     last_log = time.monotonic()
                     log.info("tap stats: %s", json.dumps(stats, sort_keys=True, default=str))

@@ -36,7 +36,7 @@ from django.conf import settings
 from broker.loss import Losses
 from broker.pipe import PipeSink, make_pipe
 from broker.stream import ConnKey
-from monitoring import live
+from monitoring import taps
 
 log = logging.getLogger("hq.tap")
 
@@ -288,7 +288,7 @@ class ChildSupervisor:
             "child_last_exit": self.last_exit, "stopping": self._stopping.is_set(),
             **(self.sink.counters if self.sink is not None else {}),
         }
-        live.tap_section_to_redis(self.server, "proxy", data)
+        taps.tap_section_to_redis(self.server, "proxy", data)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Forwarding has stopped: let the child drain the pipe and flush, then end."""
