@@ -12,12 +12,14 @@ The helpers behind them are in ``tests/support/``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from jobs.ingest import EventWriter, conninfo_from_settings
 from tests.receiver import Receiver
 from tests.support.stack import ARTIFACTS, Gearmand, Tap, free_port, spawn_gearmand, start_tap
 from tests.support.users import api_client, make_user
@@ -161,3 +163,34 @@ def api_operator(opal: AbstractUser) -> APIClient:
 @pytest.fixture
 def api_admin(ada: AbstractUser) -> APIClient:
     return api_client(ada)
+
+
+# ---------------------------------------------------------------- the ingest writer
+
+
+@pytest.fixture
+def writer_server() -> str:
+    """A server name no other test uses (the writer creates its row)."""
+    return f"w-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def make_writer(spool_dir: Path, writer_server: str) -> Iterator[Callable[..., EventWriter]]:
+    """EventWriters for ``writer_server`` spooling to ``spool_dir`` (to the test database
+    unless given a conninfo), stopped at the end of the test."""
+    made: list[EventWriter] = []
+
+    def make(conninfo: str | None = None, **kwargs: object) -> EventWriter:
+        writer = EventWriter(writer_server, conninfo or conninfo_from_settings(),
+                             spool_dir=spool_dir, **kwargs)  # type: ignore[arg-type]
+        made.append(writer)
+        return writer
+
+    yield make
+    for writer in made:
+        writer.stop(timeout=5)

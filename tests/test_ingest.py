@@ -9,8 +9,6 @@ ORM. The writer has its own psycopg connection, so these tests need committed da
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,39 +20,20 @@ from django.db import connection
 from broker.protocol import PacketType, req, res
 from broker.stream import ConnKey
 from broker.tracker import Event, Tracker
-from jobs.ingest import EventWriter, conninfo_from_settings
+from jobs.ingest import EventWriter
 from jobs.models import Job, JobEvent
 from jobs.spool import Spool
+from tests.support.ingest import CLIENT, DOWN, WORKER, WriterFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 T = PacketType
 BOOT = "4242"
-CLIENT = "10.0.0.2:5001"
-WORKER = "10.0.0.2:5002"
-DOWN = "host=127.0.0.1 port=1 dbname=x user=x connect_timeout=3"
-
-WriterFactory = Callable[..., EventWriter]
 
 
 @pytest.fixture
-def server() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def make_writer(tmp_path: Path, server: str) -> Iterator[WriterFactory]:
-    made: list[EventWriter] = []
-
-    def make(conninfo: str | None = None, **kwargs: Any) -> EventWriter:
-        writer = EventWriter(server, conninfo or conninfo_from_settings(),
-                             spool_dir=tmp_path / "spool", **kwargs)
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.stop(timeout=0)  # no thread was started: this closes its connection
+def server(writer_server: str) -> str:
+    return writer_server
 
 
 def base_ts() -> float:

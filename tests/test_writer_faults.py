@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,44 +27,20 @@ from jobs.ingest import EventWriter, conninfo_from_settings
 from jobs.models import Job, JobEvent
 from jobs.tap_health import assess
 from tests.pg_relay import Relay
+from tests.support.ingest import CLIENT, DOWN, WORKER, WriterFactory
 from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BOOT = "5151"
-CLIENT = "10.0.0.2:5001"
-WORKER = "10.0.0.2:5002"
-DOWN = "host=127.0.0.1 port=1 dbname=x user=x connect_timeout=3"
-
-WriterFactory = Callable[..., EventWriter]
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
 @pytest.fixture
-def server() -> str:
-    return f"wf-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def spool_dir(tmp_path: Path) -> Path:
-    return tmp_path / "spool"
-
-
-@pytest.fixture
-def make_writer(spool_dir: Path, server: str) -> Iterator[WriterFactory]:
-    made: list[EventWriter] = []
-
-    def make(conninfo: str | None = None, **kwargs: Any) -> EventWriter:
-        writer = EventWriter(server, conninfo or conninfo_from_settings(),
-                             spool_dir=spool_dir, **kwargs)
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.stop(timeout=5)
+def server(writer_server: str) -> str:
+    return writer_server
 
 
 def t0() -> float:
