@@ -8,7 +8,7 @@ go into a redirect, a message cookie or the session.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.models import AbstractUser
@@ -50,10 +50,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
     context = {"form": form, "secret": secret, "new_token": token,
                "tokens": list(selectors.tokens_visible_to(_me(request))[:500]),
                "is_admin": has_role(request.user, Role.ADMIN)}
-    response = render(request, "hq/tokens.html", context, status=status)
-    if secret:
-        add_never_cache_headers(response)
-    return response
+    return _render_once(request, "hq/tokens.html", context, status, shows_secret=bool(secret))
 
 
 @require_POST
@@ -88,10 +85,7 @@ def user_list(request: HttpRequest) -> HttpResponse:
                "password": password if created and not form.is_bound else None,
                "roles": [r.value for r in Role], "me": request.user.pk}
     status = 400 if form.is_bound and form.errors else 200
-    response = render(request, "hq/users.html", context, status=status)
-    if password:
-        add_never_cache_headers(response)
-    return response
+    return _render_once(request, "hq/users.html", context, status, shows_secret=bool(password))
 
 
 @require_POST
@@ -125,3 +119,12 @@ def user_active(request: HttpRequest, pk: int) -> HttpResponse:
     except HQError as exc:
         messages.error(request, exc.message)
     return redirect("user-list")
+
+
+def _render_once(request: HttpRequest, template: str, context: dict[str, Any], status: int,
+                 *, shows_secret: bool) -> HttpResponse:
+    """A page; one that shows a secret (a new token, a new password) is never cached."""
+    response = render(request, template, context, status=status)
+    if shows_secret:
+        add_never_cache_headers(response)
+    return response
