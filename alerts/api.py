@@ -56,7 +56,8 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if not pk.isdigit():
             raise NotFound(f"No alert with id {pk}.")
         user = cast("User", request.user)  # the permission class let only operators in
-        alert = services.acknowledge(int(pk), user, body.validated_data["silence_seconds"])
+        alert = services.acknowledge(alert_id=int(pk), user=user,
+                                     silence_s=body.validated_data["silence_seconds"])
         return Response(AlertSerializer(alert).data)
 
 
@@ -69,6 +70,6 @@ class ChannelViewSet(viewsets.ModelViewSet[Channel]):
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str) -> Response:
         channel = self.get_object()
-        _note, result = services.test_channel(channel)
+        _note, result = services.test_channel(channel=channel)
         code = status.HTTP_200_OK if result.ok else status.HTTP_502_BAD_GATEWAY
         return Response({"ok": result.ok, "error": result.error or None}, status=code)

@@ -48,7 +48,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
     """One evaluation tick over every enabled rule."""
     now = now or timezone.now()
     if refresh:  # fold the last minutes' jobs into rollups so rates are current
-        refresh_rollups(now - timedelta(minutes=2))
+        refresh_rollups(since=now - timedelta(minutes=2))
     rules = list(Rule.objects.filter(enabled=True).prefetch_related("channels"))
     windows = {r.window_seconds for r in rules if r.metric in metric_values.WINDOWED}
     values = metric_values.alert_metrics(windows, now)
@@ -261,7 +261,7 @@ def _repeat_notifications(now: datetime) -> None:
         Alert.objects.filter(pk=alert.pk).update(last_notified_at=now)
 
 
-def acknowledge(alert_id: int, user: User, silence_s: int = 0) -> Alert:
+def acknowledge(*, alert_id: int, user: User | None, silence_s: int = 0) -> Alert:
     alert = Alert.objects.filter(pk=alert_id).first()
     if alert is None:
         raise NotFound(f"No alert with id {alert_id}.")
@@ -275,7 +275,7 @@ def acknowledge(alert_id: int, user: User, silence_s: int = 0) -> Alert:
     return alert
 
 
-def test_channel(channel: Channel) -> tuple[Notification, SendResult]:
+def test_channel(*, channel: Channel) -> tuple[Notification, SendResult]:
     """Send a test message now and record it (already sent or failed, never pending, so
     the delivery task does not send it a second time)."""
     from .delivery import send

@@ -80,7 +80,7 @@ def alert_ack(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     note = ""
     user = cast("User", request.user)  # operator_required let only operators in
     try:
-        services.acknowledge(pk, user, silence)
+        services.acknowledge(alert_id=pk, user=user, silence_s=silence)
     except NotFound as exc:
         raise Http404(exc.message) from None
     except Conflict as exc:
@@ -248,7 +248,7 @@ def channel_test(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Send a test message now and say what happened (apprise's own words on failure).
     The same steps as ``POST /api/v1/channels/{id}/test/``."""
     channel = get_object_or_404(Channel, pk=pk)
-    _note, result = services.test_channel(channel)
+    _note, result = services.test_channel(channel=channel)
     error = presenters.clean_error(result.error)
     context = {"channel": channel, "result": result, "error": error, "at": timezone.now()}
     if request.htmx:

@@ -34,7 +34,7 @@ def _server(name: str, address: str) -> Server:
 
 @transaction.atomic
 def record_poll(
-    name: str, address: str, *, pid: str, version: str,
+    *, name: str, address: str, pid: str, version: str,
     statuses: Sequence[FunctionStatus], workers: Sequence[WorkerLine],
     at: datetime | None = None,
 ) -> Server:
@@ -75,7 +75,7 @@ def _sync_workers(server: Server, lines: Sequence[WorkerLine], at: datetime) -> 
 
 
 @transaction.atomic
-def record_poll_failure(name: str, address: str, error: str,
+def record_poll_failure(*, name: str, address: str, error: str,
                         at: datetime | None = None) -> ServerState:
     at = at or timezone.now()
     server = _server(name, address)
@@ -122,7 +122,7 @@ ROLLUP_QUERIES = {
 }
 
 
-def refresh_rollups(since: datetime, until: datetime | None = None) -> int:
+def refresh_rollups(*, since: datetime, until: datetime | None = None) -> int:
     """Recompute the rollup rows of every whole minute in [since, until) from jobs.
 
     Idempotent: each minute's row is overwritten with what the jobs say now, so running
@@ -169,6 +169,6 @@ def _trim(hist: list[int]) -> list[int]:
     return hist[:end]
 
 
-def prune_snapshots(older_than: timedelta = timedelta(days=8)) -> int:
+def prune_snapshots(*, older_than: timedelta = timedelta(days=8)) -> int:
     deleted, _ = QueueSnapshot.objects.filter(at__lt=timezone.now() - older_than).delete()
     return deleted

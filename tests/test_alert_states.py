@@ -219,7 +219,7 @@ def test_unacknowledged_alert_is_repeated_acknowledged_is_not(
         snap(server, fn, 50, at=at(0))
     tick_at(0)
     assert len(receiver.messages) == 2
-    services.acknowledge(Alert.objects.get(rule=quiet).id, None)
+    services.acknowledge(alert_id=Alert.objects.get(rule=quiet).id, user=None)
     for t in (300, 600, 900, 1200):
         for fn in ("loud", "quiet"):
             snap(server, fn, 50, at=at(t))

@@ -42,7 +42,7 @@ def test_queue_depth_then_drain(tap: Tap, api_viewer: APIClient) -> None:
                  message="50 jobs completed")
     finally:
         stop_worker(worker)
-    services.refresh_rollups(timezone.now() - timedelta(minutes=5))
+    services.refresh_rollups(since=timezone.now() - timedelta(minutes=5))
     row = _queue(api_viewer, tap.server, "backlog")
     assert row["completed_1h"] == 50 and row["failed_1h"] == 0
     assert row["failure_rate_1h"] == 0
@@ -107,7 +107,7 @@ def test_rollup_percentiles_match_a_direct_computation() -> None:
                         finished_at=finished, runtime_ms=runtime, wait_ms=5,
                         updated_at=finished))
     Job.objects.bulk_create(jobs)
-    services.refresh_rollups(now - timedelta(hours=1))
+    services.refresh_rollups(since=now - timedelta(hours=1))
     stats = selectors.queue_stats("roll", 3600, 3600)
     merged = histogram.merge(
         r for r in __import__("monitoring.models", fromlist=["Rollup"]).Rollup.objects
@@ -122,6 +122,6 @@ def test_rollup_percentiles_match_a_direct_computation() -> None:
     assert total == 3000
     assert sum(pt["failed"] for pt in stats["points"]) == 300
     # recomputing is idempotent
-    services.refresh_rollups(now - timedelta(hours=1))
+    services.refresh_rollups(since=now - timedelta(hours=1))
     again = selectors.queue_stats("roll", 3600, 3600)
     assert sum(pt["completed"] for pt in again["points"]) == 2700

@@ -185,13 +185,13 @@ class TapRunner:
                 workers = admin.workers()
                 self.counters["admin_lines_skipped"] += admin.skipped
         except AdminError as exc:
-            self._safely(record_poll_failure, self.server, address, str(exc))
+            self._safely(record_poll_failure, name=self.server, address=address, error=str(exc))
             return  # gearmand down: the next answer tells whether it restarted
         if pid != self.pid:
             log.warning("gearmand pid changed %s -> %s: new boot", self.pid, pid)
             self.pid = pid
             self.sink.request_boot(pid)
-        self._safely(record_poll, self.server, address, pid=pid, version=version,
+        self._safely(record_poll, name=self.server, address=address, pid=pid, version=version,
                      statuses=statuses, workers=workers)
         self._publish_poll(statuses, workers)
 

@@ -169,7 +169,7 @@ def build_alert_world() -> dict[str, object]:
     tick = services.evaluate(refresh=False)
     firing = {a.rule_id: a for a in Alert.objects.filter(pk__in=tick.fired)}
     critical, warning = firing[no_workers.pk], firing[stale.pk]
-    services.acknowledge(warning.pk, opal, 3600)
+    services.acknowledge(alert_id=warning.pk, user=opal, silence_s=3600)
     # as if they had fired a while ago (the values are today's)
     fired_ago(critical, timedelta(minutes=12, seconds=8))
     fired_ago(warning, timedelta(minutes=3, seconds=40))
