@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -327,6 +328,175 @@ def run_migrate(db_url: str) -> None:
     if done.returncode != 0:
         tail = "\n    ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         print(f"! migrate failed (rc {done.returncode}), going on:\n    {tail}")
+
+
+# --------------------------------------------------------------------------- private services
+#
+# A bench that stops Postgres or Redis must never touch the shared ones: these start
+# throwaway instances on free ports under a temporary directory, the way scripts/services.sh
+# starts the private ones of `make run` (Debian's binaries; Postgres as the postgres user
+# when we are root, since initdb refuses root).
+
+PG_BINDIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name)
+
+
+def _pg_bindir() -> Path:
+    for bindir in reversed(PG_BINDIRS):
+        if (bindir / "initdb").exists():
+            return bindir
+    raise BenchError("no Postgres server binaries (/usr/lib/postgresql/*/bin/initdb)")
+
+
+class PrivatePostgres:
+    """A Postgres cluster of its own on 127.0.0.1:port (trust auth, no fsync), which the
+    bench may stop and start at will. :meth:`destroy` stops it and deletes its files."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.bindir = _pg_bindir()
+        self.port = port or free_port()
+        self.home = Path(tempfile.mkdtemp(prefix="hq-bench-pg-"))
+        self.data = self.home / "data"
+        self.log = self.home / "postgres.log"
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            os.chown(self.home, *_uid_gid("postgres"))
+
+    def url(self, dbname: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _run(self, *argv: str, timeout: float = 120.0) -> None:
+        cmd = [str(self.bindir / argv[0]), *argv[1:]]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd="/"
+        )
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip()[-1500:]
+            raise BenchError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: {tail}")
+
+    def init(self) -> None:
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        )
+        conf = (
+            f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+            "unix_socket_directories = ''\nmax_connections = 100\nfsync = off\n"
+            "synchronous_commit = off\nfull_page_writes = off\n"
+        )
+        with (self.data / "postgresql.conf").open("a") as fh:
+            fh.write(conf)
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _uid_gid(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def start_redis(procs: ProcessSet, port: int) -> Proc:
+    """redis-server on 127.0.0.1:port in the foreground, nothing saved to disk."""
+    argv = [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(procs.workdir),
+    ]
+    proc = procs.spawn(f"redis-{port}", argv)
+    wait_for_port("127.0.0.1", port, 10.0, proc)
+    return proc
+
+
+def _mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            if line.split()[4] == target:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def tmpfs_mount(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (e.g. "2m") on the empty directory ``path`` (created) and
+    unmount it on the way out, whatever happens. Only ever unmounts this mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    if _mounted(path):
+        raise BenchError(f"{path} is a mount point already: not ours to use")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"cannot mount a tmpfs on {path}: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        for argv in (["umount", str(path)], ["umount", "-l", str(path)]):
+            if not _mounted(path):
+                break
+            subprocess.run(argv, capture_output=True, check=False)
+            time.sleep(0.2)
+        if _mounted(path):
+            print(f"! could not unmount {path}: run `umount -l {path}`", flush=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (children, grandchildren...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def command_line(pid: int) -> list[str]:
+    """A process's argv ([] when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 # --------------------------------------------------------------------------- statistics
