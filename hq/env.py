@@ -46,3 +46,24 @@ def database_from_url(url: str) -> dict[str, object]:
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
     }
+
+
+def web_pool(*, min_size: int, max_size: int, timeout_s: int) -> dict[str, object]:
+    """What a web server process adds to its DATABASES entry: Django's psycopg pool
+    (``psycopg[pool]``) of at most ``max_size`` connections, handed back at the end of every
+    request (``CONN_MAX_AGE`` must be 0 with a pool); a request waits ``timeout_s`` seconds
+    at most for one. ``max_lifetime``/``max_idle`` let Postgres see old connections renewed."""
+    if max_size < 1 or not 0 <= min_size <= max_size:
+        raise SystemExit(f"HQ_DB_POOL_MAX must be ≥ 1 and HQ_DB_POOL_MIN between 0 and it "
+                         f"(got min {min_size}, max {max_size})")
+    return {
+        "CONN_MAX_AGE": 0,
+        # no round trip before each request: a connection Postgres dropped (a restart)
+        # fails its one request with a 503 + Retry-After and the pool discards it
+        "CONN_HEALTH_CHECKS": False,
+        # named, so pg_stat_activity tells the web tier's connections from the others
+        "OPTIONS": {"application_name": "gearman-hq-web",
+                    "pool": {"min_size": min_size, "max_size": max_size,
+                             "timeout": float(timeout_s), "max_lifetime": 1800.0,
+                             "max_idle": 300.0}},
+    }

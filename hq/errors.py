@@ -2,15 +2,23 @@
 
 Services raise :class:`HQError` subclasses; the DRF exception handler below turns those and
 DRF's own errors into ``{"error": {"code", "message", "fields"?}}`` with a proper status.
+
+A database that does not answer (:func:`db_unavailable`: the pool had no free connection
+within ``HQ_DB_POOL_TIMEOUT_S``, Postgres refused a new client, is down or dropped the
+connection) is a 503 ``unavailable`` with ``Retry-After: HQ_DB_RETRY_AFTER_S``; a request
+over its rate limit a 429 ``rate_limited`` with ``Retry-After``. Outside DRF views the same
+503 comes from ``hq.middleware.ServiceErrorsMiddleware``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -63,6 +71,18 @@ def error_body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
     return {"error": body}
 
 
+UNAVAILABLE = "The database is not answering (or every connection is busy): try again shortly."
+
+
+def db_unavailable(exc: BaseException) -> bool:
+    """A database error that says nothing about the request: try again later."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def db_retry_after() -> str:
+    return str(max(int(getattr(settings, "HQ_DB_RETRY_AFTER_S", 5)), 1))
+
+
 def _flatten(detail: Any) -> dict[str, list[str]]:
     if isinstance(detail, dict):
         return {
@@ -76,6 +96,13 @@ def _flatten(detail: Any) -> dict[str, list[str]]:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, HQError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if db_unavailable(exc):
+        return Response(error_body("unavailable", UNAVAILABLE), status=503,
+                        headers={"Retry-After": db_retry_after()})
+    if isinstance(exc, exceptions.Throttled):
+        wait = max(math.ceil(getattr(exc, "wait", None) or 1), 1)
+        return Response(error_body("rate_limited", f"Too many requests: try again in {wait} s."),
+                        status=429, headers={"Retry-After": str(wait)})
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, DjangoValidationError | DataError):

@@ -1,4 +1,11 @@
-"""Request checks in front of every view.
+"""Request checks in front of every view, and the net under them.
+
+:class:`ServiceErrorsMiddleware` turns an exception a view lets out into an answer a
+client can use instead of Django's HTML 500: a database that does not answer
+(``hq.errors.db_unavailable``) is a 503 with ``Retry-After`` — the JSON error shape for the
+API and for clients that ask for JSON, the standalone page ``templates/503.html`` for a
+browser — and any other error under ``/api/`` is a JSON 500 (``server_error``), logged
+with its traceback as Django would.
 
 :class:`QueryGuardMiddleware` turns away what no view can serve: a NUL character in the
 path or in a query value (Postgres refuses NUL in text, so it would otherwise surface as a
@@ -9,12 +16,16 @@ under them. The answer is a 400: the JSON error shape under ``/api/``, a page el
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 
-from .errors import error_body
+from .errors import UNAVAILABLE, db_retry_after, db_unavailable, error_body
+
+log = logging.getLogger("django.request")
 
 QUERY_VALUE_MAX = 4096
 
@@ -56,3 +67,35 @@ class QueryGuardMiddleware:
         if problem is not None:
             return bad_request(request, *problem)
         return self.get_response(request)
+
+
+def unavailable(request: HttpRequest) -> HttpResponse:
+    """The 503 for a database that does not answer: JSON or the standalone page."""
+    response: HttpResponse
+    if wants_json(request):
+        response = JsonResponse(error_body("unavailable", UNAVAILABLE), status=503)
+    else:  # without the request: no context processor may touch the database
+        response = HttpResponse(render_to_string("503.html", {"retry_after": db_retry_after()}),
+                                status=503)
+    response["Retry-After"] = db_retry_after()
+    return response
+
+
+class ServiceErrorsMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
+        if db_unavailable(exc):
+            log.warning("Database unavailable: %s %s: %s", request.method, request.path,
+                        str(exc).strip()[:300])
+            return unavailable(request)
+        if request.path.startswith("/api/"):
+            log.error("Internal Server Error: %s", request.path, exc_info=exc,
+                      extra={"status_code": 500, "request": request})
+            return JsonResponse(error_body("server_error", "Something broke on our side; "
+                                           "the error was logged."), status=500)
+        return None  # Django's own handling (the 500 page, or the debug page)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from .env import database_from_url, env_bool, env_int, env_list, env_str
+from .env import database_from_url, env_bool, env_int, env_list, env_str, web_pool
 from .security import DEV_SECRET_KEY
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "hq.middleware.QueryGuardMiddleware",
+    "hq.middleware.ServiceErrorsMiddleware",
 ]
 
 ROOT_URLCONF = "hq.urls"
@@ -75,6 +76,35 @@ DATABASES = {
 }
 if env_str("HQ_TEST_DATABASE", ""):  # lets two test runs share one Postgres
     DATABASES["default"]["TEST"] = {"NAME": env_str("HQ_TEST_DATABASE", "")}
+# The web tier's Postgres budget (README "Serving many clients"): HQ_WEB_WORKERS server
+# processes, each running requests on HQ_WEB_THREADS threads with a psycopg pool of at most
+# HQ_DB_POOL_MAX connections; workers × pool never more than HQ_WEB_DB_CONNECTIONS
+# (hq/serve.py refuses to start otherwise), so the web tier can never take the connections
+# the taps and Celery need. A request that waits longer than HQ_DB_POOL_TIMEOUT_S for a
+# connection, or meets any other database error, gets a 503 with Retry-After:
+# HQ_DB_RETRY_AFTER_S (hq/errors.py, hq/middleware.py). Only the web server pools (hq/serve.py sets
+# HQ_PROCESS=web); Celery, the taps, manage.py and the tests keep plain connections.
+HQ_WEB_WORKERS = env_int("HQ_WEB_WORKERS", 2)
+HQ_DB_POOL_MAX = env_int("HQ_DB_POOL_MAX", 6)
+HQ_DB_POOL_MIN = env_int("HQ_DB_POOL_MIN", 2)
+HQ_DB_POOL_TIMEOUT_S = env_int("HQ_DB_POOL_TIMEOUT_S", 10)
+HQ_WEB_DB_CONNECTIONS = env_int("HQ_WEB_DB_CONNECTIONS", 16)
+HQ_WEB_THREADS = env_int("HQ_WEB_THREADS", HQ_DB_POOL_MAX)
+HQ_DB_RETRY_AFTER_S = env_int("HQ_DB_RETRY_AFTER_S", 5)
+# Per-token rate limit of the REST API (hq/throttles.py): HQ_API_RATE requests per
+# HQ_API_RATE_WINDOW_S seconds per token (or signed-in user); 0 = no limit.
+HQ_API_RATE = env_int("HQ_API_RATE", 6000)
+HQ_API_RATE_WINDOW_S = env_int("HQ_API_RATE_WINDOW_S", 60)
+HQ_API_RATE_ADMINS_EXEMPT = env_bool("HQ_API_RATE_ADMINS_EXEMPT", True)
+# Values many clients ask for at once (the queue list, the workers list, the taps' health)
+# are computed once per HQ_SHARED_CACHE_S seconds and shared through the Redis cache by
+# every web process (hq/shared_cache.py). Never longer than the poll interval; 0 = off. On
+# by default only in the web server: tests and manage.py see every change at once.
+HQ_SHARED_CACHE_S = min(env_int("HQ_SHARED_CACHE_S", 2 if env_str("HQ_PROCESS", "") == "web"
+                                else 0), env_int("HQ_POLL_INTERVAL", 5))
+if env_str("HQ_PROCESS", "") == "web":
+    DATABASES["default"].update(web_pool(
+        min_size=HQ_DB_POOL_MIN, max_size=HQ_DB_POOL_MAX, timeout_s=HQ_DB_POOL_TIMEOUT_S))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -137,8 +167,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["hq.permissions.ViewerReadOperatorWrite"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["hq.renderers.FastJSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["hq.throttles.TokenRateThrottle"],
     "EXCEPTION_HANDLER": "hq.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
     "UNAUTHENTICATED_USER": None,
