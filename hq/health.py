@@ -11,12 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from monitoring import taps
+from monitoring import live, selectors
 
 
 def _check_db() -> str:
@@ -26,17 +24,15 @@ def _check_db() -> str:
 
 
 def _check_redis() -> str:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    live.redis_client().ping()  # the process's pooled client: no new connection per check
     return "ok"
 
 
 def _taps() -> dict[str, Any]:
+    """The taps' health, read from Redis once per ``HQ_SHARED_CACHE_S`` for all requests."""
     try:
-        return {server: health.as_json() for server, health in sorted(taps.taps_health().items())}
+        return {server: health.as_json()
+                for server, health in sorted(selectors.shared_taps_health().items())}
     except Exception:  # Redis down: the redis check above already says so
         return {}
 

@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+from django.db.models import F
 from rest_framework import serializers
 
 from .models import Job, JobEvent
-from .redaction import is_redacted, withheld
+from .redaction import HIDDEN, REDACTED, is_redacted, may_see_payloads
 
 
 def _withheld(serializer: serializers.Serializer[Any], function: str | None) -> str | None:
     """Redacted (HQ_REDACT), hidden from this viewer, or None. Without a request in the
-    context (a job rendered for a script or a message) only redaction applies."""
+    context (a job rendered for a script or a message) only redaction applies. Whether the
+    requester may see payloads is asked once per serializer (one role lookup), or taken from
+    the context's ``may_see_payloads`` when the view already knows."""
+    if is_redacted(function):
+        return REDACTED
     request = serializer.context.get("request")
     if request is None:
-        return "redacted" if is_redacted(function) else None
-    cache: dict[str | None, str | None] | None = getattr(serializer, "_withheld_cache", None)
-    if cache is None:  # one role lookup per serializer, not one per row
-        cache = {}
-        serializer._withheld_cache = cache  # type: ignore[attr-defined]
-    if function not in cache:
-        cache[function] = withheld(function, request.user)
-    return cache[function]
+        return None
+    see: bool | None = serializer.context.get("may_see_payloads")
+    if see is None:
+        see = getattr(serializer, "_may_see", None)
+    if see is None:
+        see = may_see_payloads(request.user)
+        serializer._may_see = see  # type: ignore[attr-defined]
+    return None if see else HIDDEN
 
 
 def encode(value: bytes | str | None) -> tuple[str | None, str | None]:
@@ -35,19 +42,102 @@ def encode(value: bytes | str | None) -> tuple[str | None, str | None]:
     return base64.b64encode(value).decode(), "base64"
 
 
+#: the columns a job's JSON is made of: list endpoints read them with ``.values()``, so no
+#: model instance is built per row (``server``/``boot`` through their foreign keys)
+JOB_COLUMNS = (
+    "id", "handle", "function", "unique", "priority", "background", "state", "submitted_at",
+    "scheduled_for", "started_at", "finished_at", "wait_ms", "runtime_ms", "attempts",
+    "worker", "progress_numerator", "progress_denominator", "payload_text", "payload_bin",
+    "payload_size", "result_text", "result_bin", "result_size", "error", "clients",
+    "retry_of_id",
+)
+JOB_RELATED = {"server_name": F("server__name"), "boot_token": F("boot__token")}
+
+
+def job_values(job: Job) -> dict[str, Any]:
+    """A job instance as the row ``.values(*JOB_COLUMNS, **JOB_RELATED)`` gives."""
+    row = {name: getattr(job, name) for name in JOB_COLUMNS}
+    row["server_name"] = job.server.name
+    row["boot_token"] = job.boot.token if job.boot_id is not None else None
+    return row
+
+
+def _time(value: datetime | None) -> str | None:
+    """A time as DRF's ``DateTimeField`` writes it (UTC, ``Z``)."""
+    if not value:
+        return None
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _blob(text: str | None, raw: bytes | memoryview | None, size: int,
+          shown: bool) -> tuple[str | None, str | None, bool]:
+    """(value, encoding, truncated) of a payload or result stored as text or bytes."""
+    value: str | bytes | None = text
+    if text is not None:
+        stored = len(text.encode())
+    else:
+        value = bytes(raw) if raw is not None else None
+        stored = len(value) if value is not None else 0
+    if not shown:
+        return None, None, size > stored
+    return (*encode(value), size > stored)
+
+
+def job_json(row: Mapping[str, Any], why_withheld: str | None) -> dict[str, Any]:
+    """The v1 JSON of one job from its row (see :data:`JOB_COLUMNS`): what
+    :class:`JobSerializer` writes, field for field, without DRF's per-field machinery.
+    ``why_withheld``: ``"redacted"``, ``"hidden"`` or None (payload and result shown)."""
+    shown = why_withheld is None
+    payload, payload_encoding, payload_truncated = _blob(
+        row["payload_text"], row["payload_bin"], row["payload_size"], shown)
+    result, result_encoding, result_truncated = _blob(
+        row["result_text"], row["result_bin"], row["result_size"], shown)
+    denominator = row["progress_denominator"]
+    return {
+        "id": row["id"], "server": row["server_name"], "boot": row["boot_token"],
+        "handle": row["handle"], "function": row["function"], "unique": row["unique"],
+        "priority": row["priority"] or None, "background": row["background"],
+        "state": row["state"], "submitted_at": _time(row["submitted_at"]),
+        "scheduled_for": _time(row["scheduled_for"]), "started_at": _time(row["started_at"]),
+        "finished_at": _time(row["finished_at"]), "wait_ms": row["wait_ms"],
+        "runtime_ms": row["runtime_ms"], "attempts": row["attempts"], "worker": row["worker"],
+        "progress": {"numerator": row["progress_numerator"] or 0, "denominator": denominator}
+        if denominator else None,
+        "payload": payload, "payload_encoding": payload_encoding,
+        "payload_size": row["payload_size"], "payload_truncated": payload_truncated,
+        "result": result, "result_encoding": result_encoding,
+        "result_size": row["result_size"], "result_truncated": result_truncated,
+        "error": row["error"], "clients": row["clients"], "retry_of": row["retry_of_id"],
+        "payload_redacted": why_withheld == REDACTED, "payload_hidden": why_withheld == HIDDEN,
+    }
+
+
+def _text() -> serializers.CharField:
+    return serializers.CharField(read_only=True, allow_null=True)
+
+
 class JobSerializer(serializers.ModelSerializer[Job]):
+    # A job (a Job or a row of JOB_COLUMNS) as the v1 JSON. The fields declared here
+    # describe the shape for the OpenAPI schema (a docstring would land in it);
+    # to_representation writes it with job_json in one pass.
+
     server = serializers.CharField(source="server.name")
-    priority = serializers.SerializerMethodField()
-    progress = serializers.SerializerMethodField()
-    payload = serializers.SerializerMethodField()
-    payload_encoding = serializers.SerializerMethodField()
+    priority = _text()
+    progress = serializers.DictField(child=serializers.IntegerField(), read_only=True,
+                                     allow_null=True)
+    payload = _text()
+    payload_encoding = _text()
     payload_truncated = serializers.BooleanField(read_only=True)
-    result = serializers.SerializerMethodField()
-    result_encoding = serializers.SerializerMethodField()
+    result = _text()
+    result_encoding = _text()
     result_truncated = serializers.BooleanField(read_only=True)
     boot = serializers.CharField(source="boot.token", default=None)
-    payload_redacted = serializers.SerializerMethodField()
-    payload_hidden = serializers.SerializerMethodField()
+    payload_redacted = serializers.BooleanField(
+        read_only=True,
+        help_text="HQ_REDACT: payload and result are not stored for this function (only sizes).")
+    payload_hidden = serializers.BooleanField(
+        read_only=True, help_text="HQ_VIEWERS_SEE_PAYLOADS is off and you are a viewer.")
 
     class Meta:
         model = Job
@@ -60,37 +150,9 @@ class JobSerializer(serializers.ModelSerializer[Job]):
             "payload_hidden",
         ]
 
-    def get_priority(self, job: Job) -> str | None:
-        return job.priority or None
-
-    def get_progress(self, job: Job) -> dict[str, int] | None:
-        if not job.progress_denominator:
-            return None
-        return {"numerator": job.progress_numerator or 0,
-                "denominator": job.progress_denominator}
-
-    def get_payload_redacted(self, job: Job) -> bool:
-        """HQ_REDACT: payload and result are not stored for this function (only sizes)."""
-        return _withheld(self, job.function) == "redacted"
-
-    def get_payload_hidden(self, job: Job) -> bool:
-        """HQ_VIEWERS_SEE_PAYLOADS is off and you are a viewer."""
-        return _withheld(self, job.function) == "hidden"
-
-    def _shown(self, job: Job, value: bytes | str | None) -> tuple[str | None, str | None]:
-        return (None, None) if _withheld(self, job.function) else encode(value)
-
-    def get_payload(self, job: Job) -> str | None:
-        return self._shown(job, job.payload)[0]
-
-    def get_payload_encoding(self, job: Job) -> str | None:
-        return self._shown(job, job.payload)[1]
-
-    def get_result(self, job: Job) -> str | None:
-        return self._shown(job, job.result)[0]
-
-    def get_result_encoding(self, job: Job) -> str | None:
-        return self._shown(job, job.result)[1]
+    def to_representation(self, instance: Job | Mapping[str, Any]) -> dict[str, Any]:
+        row = job_values(instance) if isinstance(instance, Job) else instance
+        return job_json(row, _withheld(self, row["function"]))
 
 
 class JobEventSerializer(serializers.ModelSerializer[JobEvent]):

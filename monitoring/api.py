@@ -1,4 +1,5 @@
-"""REST endpoints for servers, queues and workers: thin, they call the selectors."""
+"""REST endpoints for servers, queues and workers: thin, they call the selectors (the queue
+and worker lists through their shared, once-per-``HQ_SHARED_CACHE_S`` versions)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,9 @@ class ServerList(APIView):
 @extend_schema(parameters=[SERVER], responses=RESULTS)
 class QueueList(APIView):
     def get(self, request: Request) -> Response:
-        rows = selectors.queues(request.query_params.get("server") or None)
-        for row in rows:
-            row.pop("sparkline", None)
-        return Response({"results": rows})
+        rows = selectors.shared_queues(request.query_params.get("server") or None)
+        return Response({"results": [{k: v for k, v in row.items() if k != "sparkline"}
+                                     for row in rows]})
 
 
 @extend_schema(parameters=[
@@ -46,4 +46,5 @@ class QueueStats(APIView):
 @extend_schema(parameters=[SERVER], responses=RESULTS)
 class WorkerList(APIView):
     def get(self, request: Request) -> Response:
-        return Response({"results": selectors.workers(request.query_params.get("server"))})
+        return Response({"results": selectors.shared_workers(
+            request.query_params.get("server"))})

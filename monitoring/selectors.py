@@ -3,10 +3,16 @@
 Queue depth, running and worker counts come from gearmand's own ``status`` (the latest
 poll), so jobs HQ never saw (submitted before it watched) are still counted. Rates and
 percentiles come from minute rollups, never from a scan of jobs.
+
+What every page and script asks for at once — the queue list, the workers list, the taps'
+health — the web tier reads through :func:`shared_queues`, :func:`shared_workers` and
+:func:`shared_taps_health`: computed once per ``HQ_SHARED_CACHE_S`` for every process
+(``hq.shared_cache``). Alert evaluation and the rest call the plain selectors.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,9 +23,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from hq.errors import InvalidInput
+from hq.shared_cache import shared
 from jobs.models import Job
+from jobs.tap_health import TapHealth
 
-from . import histogram
+from . import histogram, taps
 from .models import Rollup, Server, ServerState, Worker
 
 RANGES = {"15m": (900, 60), "1h": (3600, 60), "6h": (21600, 300), "24h": (86400, 900),
@@ -169,6 +177,29 @@ def _add_sparklines(rows: dict[Key, dict[str, Any]], server: str | None,
             row = rows.get((sid, function))
             if row is not None:
                 row["sparkline"].append(max(depth, 0))
+
+
+def _key(name: str, server: str | None) -> str:
+    """A cache key for a selector's answer about ``server`` (any text: hashed)."""
+    if server is None:
+        return name
+    return f"{name}:{hashlib.sha256(server.encode()).hexdigest()[:32]}"
+
+
+def shared_queues(server: str | None = None) -> list[dict[str, Any]]:
+    """:func:`queues`, computed once per ``HQ_SHARED_CACHE_S`` for every web process."""
+    return shared(_key("queues", server), lambda: queues(server))
+
+
+def shared_workers(server: str | None = None) -> list[dict[str, Any]]:
+    """:func:`workers`, computed once per ``HQ_SHARED_CACHE_S`` for every web process."""
+    return shared(_key("workers", server or None), lambda: workers(server))
+
+
+def shared_taps_health() -> dict[str, TapHealth]:
+    """Every tap's health (``monitoring.taps``), read from Redis once per
+    ``HQ_SHARED_CACHE_S``. Raises ``redis.RedisError`` when Redis does not answer."""
+    return shared("taps", taps.taps_health)
 
 
 def parse_range(range_name: str | None, step: str | None) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from hq.errors import InvalidInput
 from hq.web import HtmxHttpRequest, render_page, viewer_required
 from jobs.tap_health import TapHealth
 
-from . import selectors, taps
+from . import selectors
 from .presenters import has_data, queue_row, server_card, summary, totals, worker_row
 
 DEFAULT_RANGE = "1h"
@@ -27,7 +27,7 @@ STEP_LABELS = {60: "per minute", 300: "per 5 min", 900: "per 15 min", 3600: "per
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     taps = _taps_health()
     servers = [server_card(s, taps.get(s["name"])) for s in selectors.servers()]
-    rows = [queue_row(q) for q in selectors.queues()]
+    rows = [queue_row(q) for q in selectors.shared_queues()]
     context = {
         "servers": servers, "queues": rows, "totals": totals(rows, servers),
         "attention": [r for r in rows if r["flag"]],
@@ -39,7 +39,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
 def _taps_health() -> dict[str, TapHealth]:
     """The taps' health from Redis; none when Redis does not answer (the page still shows)."""
     try:
-        return taps.taps_health()
+        return selectors.shared_taps_health()
     except Exception:
         return {}
 
@@ -47,7 +47,7 @@ def _taps_health() -> dict[str, TapHealth]:
 @require_GET
 @viewer_required
 def workers(request: HtmxHttpRequest) -> HttpResponse:
-    rows = [worker_row(w) for w in selectors.workers()]
+    rows = [worker_row(w) for w in selectors.shared_workers()]
     busy = sum(r["current_job"] is not None for r in rows)
     context = {
         "workers": rows, "busy": busy, "idle": len(rows) - busy,
@@ -69,7 +69,7 @@ def queue_detail(request: HtmxHttpRequest, function: str) -> HttpResponse:
         context["error"] = exc
         return render_page(request, "monitoring/queue.html", "monitoring/_queue.html",
                            context, status=400)
-    every = [q for q in selectors.queues() if q["function"] == function]
+    every = [q for q in selectors.shared_queues() if q["function"] == function]
     rows = [queue_row(q) for q in every if server is None or q["server"] == server]
     stats = selectors.queue_stats(function, range_s, step_s, server=server)
     failures = selectors.recent_failures(function)
