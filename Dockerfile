@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Gearman HQ images (used by docker-compose.yml). Two targets:
 #   gearmand  stock gearmand 1.1.x from Debian bookworm (what HQ watches)
-#   hq        the Django app: web (daphne), worker (celery -B), tap (proxy or capture)
+#   hq        the Django app: web (python -m hq.serve: gunicorn + uvicorn workers), worker
+#             (celery -B), tap (proxy or capture)
 #             -- the default target
 #
 #   docker build --target gearmand -t gearman-hq-gearmand .
@@ -49,4 +50,4 @@ USER hq
 EXPOSE 8000 4730
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "hq.asgi:application"]
+CMD ["python", "-m", "hq.serve", "--bind", "0.0.0.0:8000"]

@@ -99,6 +99,7 @@ want_level() {
         want_run
         want_php "PHP Gearman clients and workers of bench/"
         need_cmd gearman gearman-tools "the gearman CLI of bench/proxy_echo.py"
+        need_cmd wrk wrk "HTTP load of bench/api_load.py"
         ;;
     test)
         want_run

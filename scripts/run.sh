@@ -5,6 +5,7 @@
 #
 # Env (all optional):
 #   HQ_HTTP=127.0.0.1:8000        web server address
+#   HQ_WEB_WORKERS=2              web server processes (HQ_DB_POOL_MAX Postgres connections each)
 #   HQ_GEARMAN=127.0.0.1:4730     where Gearman clients (and HQ) connect
 #   HQ_TAP_MODE=capture|proxy     default: capture when we may (root / CAP_NET_RAW), else proxy
 #   HQ_PROXY_LISTEN=$HQ_GEARMAN   proxy mode: the proxy's listen address
@@ -303,7 +304,9 @@ else
     await tap 20 "$PROBE_HOST" "$HP_PORT" || FAILED+=(tap)
 fi
 
-start_bg web "$HQ_VENV/bin/daphne" -b "$WEB_HOST" -p "$WEB_PORT" hq.asgi:application
+# gunicorn + uvicorn workers (hq/serve.py): HTTP and /ws/live/ on HQ_WEB_WORKERS processes,
+# each with a bounded Postgres pool (README "Serving many clients")
+start_bg web "$HQ_PY" -m hq.serve --bind "$WEB_HOST:$WEB_PORT"
 if ! await web 30 "$WEB_HOST" "$WEB_PORT"; then
     die "the web server did not start"
 fi
