@@ -11,8 +11,10 @@ with C concurrent keep-alive clients for S seconds each:
 - ``/api/v1/queues/`` and ``/api/v1/workers/``
 
 It prints req/s, p50/p95/p99 and failures (socket errors and non-2xx) per endpoint, each
-endpoint's throughput as a ratio of the ``/healthz`` floor measured in the same run, and
-how many Postgres connections the web tier held during and after the run.
+endpoint's throughput as a ratio of the ``/healthz`` floor measured in the same run, the
+web server's own CPU per request (all its processes, from /proc: the figure that the
+other load of a shared machine disturbs least), and how many Postgres connections the web
+tier held during and after the run.
 
     .venv/bin/python bench/api_load.py [--clients 16 --clients 64] [--seconds 10]
         [--server gunicorn|daphne] [--database-url postgres://…/hq_bench_api]
@@ -37,6 +39,7 @@ from common import (
     BenchError,
     ProcessSet,
     free_port,
+    group_cpu_seconds,
     machine_info,
     prepare_database,
     process_set,
@@ -97,6 +100,7 @@ class Row:
     p99_ms: float
     failed: int
     requests: int
+    cpu_ms: float  # the web server's CPU (all its processes) per request
 
 
 def seed(db_url: str) -> None:
@@ -144,6 +148,12 @@ def server_argv(kind: str, port: int) -> list[str]:
     if kind == "daphne":
         return [str(venv / "daphne"), "-b", "127.0.0.1", "-p", str(port), "hq.asgi:application"]
     return [PY, "-m", "hq.serve", "--bind", f"127.0.0.1:{port}"]
+
+
+def psycopg_error() -> type[Exception]:
+    import psycopg
+
+    return psycopg.OperationalError
 
 
 def connections(db_url: str) -> int:
@@ -200,14 +210,16 @@ def warm_up(base: str, tok: str) -> None:
         run_wrk(base + path, 4, 1, tok)
 
 
-def measure(base: str, clients: int, seconds: int, tok: str) -> list[Row]:
+def measure(base: str, clients: int, seconds: int, tok: str, pgid: int) -> list[Row]:
     rows = []
     for name, path in ENDPOINTS:
+        cpu = group_cpu_seconds(pgid)
         r = run_wrk(base + path, clients, seconds, tok)
+        cpu = group_cpu_seconds(pgid) - cpu
         failed = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
         rows.append(Row(name, clients, r["requests"] / (r["duration_us"] / 1e6),
                         r["p50_us"] / 1000, r["p95_us"] / 1000, r["p99_us"] / 1000, failed,
-                        r["requests"]))
+                        r["requests"], cpu * 1000 / max(r["requests"], 1)))
         print(f"  {name:<20} c={clients:<3} {rows[-1].rps:8.0f} req/s  "
               f"p95 {rows[-1].p95_ms:7.1f} ms  failed {failed}", flush=True)
     return rows
@@ -215,13 +227,15 @@ def measure(base: str, clients: int, seconds: int, tok: str) -> list[Row]:
 
 def print_table(rows: Sequence[Row], kind: str) -> None:
     print(f"\n## {kind}: REST API under parallel keep-alive clients\n")
-    print("| endpoint | clients | req/s | × floor | p50 ms | p95 ms | p99 ms | failed / requests |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| endpoint | clients | req/s | × floor | p50 ms | p95 ms | p99 ms | failed / requests "
+          "| web CPU ms/req |")
+    print("|---|---|---|---|---|---|---|---|---|")
     floors = {r.clients: r.rps for r in rows if r.name.startswith("/healthz")}
     for r in rows:
         ratio = r.rps / floors[r.clients] if floors.get(r.clients) else float("nan")
         print(f"| {r.name} | {r.clients} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.1f} | "
-              f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.failed:,} / {r.requests:,} |")
+              f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.failed:,} / {r.requests:,} | "
+              f"{r.cpu_ms:.2f} |")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -250,17 +264,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     with process_set() as procs:
         port = start_server(procs, args.server, args.database_url)
+        pgid = procs.procs[-1].pid  # the server leads its own process group
         base = f"http://127.0.0.1:{port}"
         warm_up(base, tok)
         for clients in args.clients or [16, 64]:
             with PeakConnections(args.database_url) as peak:
-                rows += measure(base, clients, args.seconds, tok)
+                rows += measure(base, clients, args.seconds, tok, pgid)
             full = " (and Postgres refused more: too many clients)" if peak.full else ""
             print(f"  Postgres connections during the {clients}-client runs: "
                   f"at most {peak.peak}{full}")
         time.sleep(2)
-        print(f"  Postgres connections 2 s after the load, server still up: "
-              f"{connections(args.database_url)}")
+        try:
+            after = str(connections(args.database_url))
+        except psycopg_error() as exc:  # Postgres still full: the figure is "all of them"
+            after = f"Postgres refused this sampler too ({str(exc).strip()[-40:]})"
+        print(f"  Postgres connections 2 s after the load, server still up: {after}")
     print_table(rows, args.server)
     return 0 if all(r.failed == 0 for r in rows) else 1
 
