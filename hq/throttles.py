@@ -24,24 +24,13 @@ from rest_framework.throttling import BaseThrottle
 
 from .models import Role, hash_token
 from .roles import has_role
+from .shared_cache import client, redis_key
 
 if TYPE_CHECKING:
     from rest_framework.request import Request
     from rest_framework.views import APIView
 
 log = logging.getLogger(__name__)
-
-_client: tuple[str, redis.Redis] | None = None
-
-
-def _redis() -> redis.Redis:
-    """A client per process (its connection pool is thread-safe)."""
-    global _client
-    if _client is None or _client[0] != settings.REDIS_URL:
-        _client = (settings.REDIS_URL, redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1))
-    return _client[1]
-
 
 def requester_key(request: Request) -> str | None:
     """Who is counted: the bearer token (by its digest's start), else the signed-in user."""
@@ -67,9 +56,9 @@ class TokenRateThrottle(BaseThrottle):
             return True
         now = time.time()
         slot = int(now // window)
-        key = f"{settings.CACHES['default'].get('KEY_PREFIX', 'hq')}:rate:{who}:{slot}"
+        key = redis_key(f"rate:{who}:{slot}")
         try:
-            with _redis().pipeline(transaction=False) as pipe:
+            with client().pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, window + 1)
                 count = int(pipe.execute()[0])

@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import pickle
 import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from django.core.cache import cache
 from django.test import override_settings
 from rest_framework.renderers import JSONRenderer
 
@@ -134,12 +134,13 @@ def test_zero_computes_every_time(key: str) -> None:
 
 @override_settings(HQ_SHARED_CACHE_S=60)
 def test_while_one_request_computes_the_others_get_the_previous_value(key: str) -> None:
-    cache.set(f"shared:{key}", (time.time() - 1, "previous"), 60)  # expired
-    assert cache.add(f"shared:{key}:lock", 1, 30)  # somebody is computing
+    stored = shared_cache.redis_key(f"shared:{key}")
+    shared_cache.client().set(stored, pickle.dumps((time.time() - 1, "previous")), ex=60)
+    assert shared_cache.client().set(f"{stored}:lock", 1, nx=True, ex=30)  # one computes
     try:
-        assert shared_cache.shared(key, lambda: "new") == "previous"
+        assert shared_cache.shared(key, lambda: "new") == "previous"  # expired, but served
     finally:
-        cache.delete(f"shared:{key}:lock")
+        shared_cache.client().delete(f"{stored}:lock")
     assert shared_cache.shared(key, lambda: "new") == "new"
 
 
@@ -170,7 +171,8 @@ def test_with_nothing_to_show_the_others_wait_for_the_one_computing(key: str) ->
 @override_settings(HQ_SHARED_CACHE_S=60)
 def test_the_queue_list_is_shared_and_keeps_its_shape(world: dict[str, object],
                                                       api_viewer: APIClient) -> None:
-    cache.delete_many(["shared:queues", "shared:workers"])
+    shared_cache.client().delete(*(shared_cache.redis_key(f"shared:{name}")
+                                   for name in ("queues", "workers")))
     first = api_viewer.get("/api/v1/queues/").json()["results"]
     assert first and all("sparkline" not in row for row in first)
     Server.objects.create(name="zz-new")  # not a queue: the list would not change anyway
