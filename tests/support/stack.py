@@ -144,7 +144,9 @@ def start_tap(mode: str, gearmand: Gearmand, tmp_path: Path, *, server: str = ""
         text = log.read_text()
         if mode == "capture" and "HQ capture ready" in text:
             return tap
-        if mode == "proxy":
+        # proxy: listening, and its decoding child (a fresh interpreter that takes a second
+        # or two to import Django) has started recording; until then copies wait in the pipe
+        if mode == "proxy" and f"tap for server '{server}'" in text:
             try:
                 wait_port(port, timeout=0.2)
                 return tap
