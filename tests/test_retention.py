@@ -72,7 +72,9 @@ def test_old_history_goes_open_jobs_and_recent_history_stay(boot: Boot) -> None:
     lines: list[str] = []
     pruned = retention.apply_retention(days=30, batch=1, progress=lines.append)
 
-    assert set(pruned.partitions) == {_day(old), _day(older)}
+    # (other tests may leave old day partitions behind: those go too, never a recent one)
+    assert {_day(old), _day(older)} <= set(pruned.partitions)
+    assert all(name < _day(now - timedelta(days=30)) for name in pruned.partitions)
     assert _day(old) not in _partitions() and _day(recent) in _partitions()
     assert pruned.stray_events == 1
     assert set(JobEvent.objects.filter(boot=boot).values_list("handle", flat=True)) == {"H:x:3"}
@@ -134,9 +136,9 @@ def test_a_partition_the_writer_holds_is_left_for_the_next_run() -> None:
     try:
         assert locked.wait(10)
         busy = retention.apply_retention(days=30)
-        assert busy.busy_partitions == [_day(old)] and busy.partitions == []
+        assert _day(old) in busy.busy_partitions and _day(old) not in busy.partitions
     finally:
         release.set()
         thread.join(30)
     done = retention.apply_retention(days=30)
-    assert done.partitions == [_day(old)]
+    assert _day(old) in done.partitions and not done.busy_partitions
