@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 
 from hq.errors import InvalidInput
-from hq.web import HtmxHttpRequest, render_page, viewer_required
+from hq.web import HtmxHttpRequest, is_fragment, render_page, viewer_required
+from jobs import retention
 from jobs.tap_health import TapHealth
 
 from . import selectors
@@ -33,6 +35,9 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
         "attention": [r for r in rows if r["flag"]],
         "many_servers": len(servers) > 1 or len({r["server"] for r in rows}) > 1,
     }
+    if not is_fragment(request):  # the page head, not the live part: once per visit
+        context["history"] = {**retention.storage(),
+                              "retention_days": settings.HQ_EVENT_RETENTION_DAYS}
     return render_page(request, "monitoring/overview.html", "monitoring/_overview.html", context)
 
 

@@ -8,6 +8,7 @@ import threading
 import uuid
 from datetime import datetime, timedelta
 from io import StringIO
+from typing import Any
 
 import psycopg
 import pytest
@@ -142,3 +143,13 @@ def test_a_partition_the_writer_holds_is_left_for_the_next_run() -> None:
         thread.join(30)
     done = retention.apply_retention(days=30)
     assert _day(old) in done.partitions and not done.busy_partitions
+
+
+def test_the_overview_says_how_much_history_is_kept(boot: Boot, viewer: Any) -> None:
+    _event(boot, timezone.now() - timedelta(days=2), "H:o:1")
+    html = viewer.get("/").content.decode()
+    line = html.split('id="history-kept"', 1)[1].split("</p>", 1)[0]
+    assert "History kept 30 days" in line and "events since" in line
+    assert " · database " in line and "B" in line  # a size: KiB, MiB or GiB
+    # the live fragment does not recompute it
+    assert 'id="history-kept"' not in viewer.get("/", HTTP_HX_REQUEST="true").content.decode()
