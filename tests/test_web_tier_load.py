@@ -196,3 +196,14 @@ def test_the_server_refuses_to_start_past_the_web_tiers_budget() -> None:
     run = subprocess.run([sys.executable, "-m", "hq.serve", "--bind", "127.0.0.1:9"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "HQ_WEB_DB_CONNECTIONS=16" in run.stderr
+
+
+@pytest.mark.parametrize("length", [8_000, 20_000, 70_000])
+def test_an_over_long_request_line_gets_an_answer(web: Web, length: int) -> None:
+    """Under daphne a request line over 16 KiB got no answer at all (the connection was
+    dropped); a script must always read a status line."""
+    with socket.create_connection(("127.0.0.1", web.port), timeout=30) as s:
+        s.sendall(b"GET /api/v1/jobs/?q=" + b"a" * length + b" HTTP/1.1\r\n"
+                  b"Host: 127.0.0.1\r\nAuthorization: Bearer " + web.token.encode() + b"\r\n\r\n")
+        head = s.recv(64)
+    assert head.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 414 ", b"HTTP/1.1 431 ")), head
