@@ -174,11 +174,22 @@
     return n <= 24;
   }
 
-  // Without a hovering cursor the legend shows the newest point, not blanks.
+  // Without a hovering cursor the legend shows the newest point that has a value, not
+  // blanks (the current bucket is empty for the first seconds of each minute).
   function showLatest(u) {
     if (u.cursor.idx != null) return;
     var xs = u.data[0];
-    if (xs && xs.length) u.setLegend({ idx: xs.length - 1 });
+    if (!xs || !xs.length) return;
+    u.setLegend({ idx: newestWithData(u) });
+  }
+
+  function newestWithData(u) {
+    for (var i = u.data[0].length - 1; i > 0; i--) {
+      for (var s = 1; s < u.data.length; s++) {
+        if (u.data[s][i] != null) return i;
+      }
+    }
+    return u.data[0].length - 1;
   }
 
   function widthOf(el) {
