@@ -21,8 +21,8 @@ Scenarios (each in capture and in proxy mode; durations are ``--short``/full):
   spool-max    the same with HQ_SPOOL_MAX=1 MiB, below the disk: the bound, not ENOSPC
   tap-child    proxy only: the decoding child killed -9 (the proxy restarts it)
 
-    .venv/bin/python bench/faults.py                 # everything, ~20 min on 2 cores
-    .venv/bin/python bench/faults.py --short         # ~7 min
+    .venv/bin/python bench/faults.py                 # everything, ~12 min on 2 cores
+    .venv/bin/python bench/faults.py --short         # ~6 min
     .venv/bin/python bench/faults.py --scenarios postgres,tap-kill --modes proxy
 
 Needs root (tcpdump capture, a tmpfs mount, Postgres run as the postgres user). This is a
@@ -579,18 +579,36 @@ class Row:
     unique: str
     state: str
     function: str
+    boot_id: int
 
 
 def hq_rows(db_url: str, server: str) -> list[Row]:
     import psycopg
 
     query = (
-        'SELECT j.id, b.token, j.handle, j."unique", j.state, j.function'
+        'SELECT j.id, b.token, j.handle, j."unique", j.state, j.function, j.boot_id'
         " FROM jobs_job j JOIN jobs_boot b ON b.id = j.boot_id"
         " JOIN jobs_server s ON s.id = j.server_id WHERE s.name = %s ORDER BY j.id"
     )
     with psycopg.connect(db_url, connect_timeout=10) as conn:
         return [Row(*r) for r in conn.execute(query, (server,)).fetchall()]
+
+
+def explain(db_url: str, out: Outcome) -> None:
+    """The stored events of a few wrong rows, in the order they were emitted (event ids
+    grow with each emit): shows whether an event is missing or the row disagrees with them."""
+    import psycopg
+
+    query = (
+        "SELECT kind, extract(epoch FROM at) FROM jobs_jobevent"
+        " WHERE boot_id = %s AND handle = %s ORDER BY id"
+    )
+    with psycopg.connect(db_url, connect_timeout=10) as conn:
+        for row in out.suspects[:6]:
+            events = conn.execute(query, (row.boot_id, row.handle)).fetchall()
+            first = float(events[0][1]) if events else 0.0
+            text = ", ".join(f"{kind} +{(float(at) - first) * 1000:.0f} ms" for kind, at in events)
+            _example(out, "events", f"{row.handle} (HQ {row.state}): {text or 'none'}")
 
 
 @dataclass
@@ -619,7 +637,9 @@ class Outcome:
     tap: dict[str, Any] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     missing_at: dict[int, int] = field(default_factory=dict)  # load second → not recorded
+    suspects: list[Row] = field(default_factory=list)  # a few wrong rows, for explain()
     timeline: list[str] = field(default_factory=list)
+    loadavg: float = 0.0  # the machine's 1-minute load average when the load ended
     error: str = ""
 
     @property
@@ -714,6 +734,8 @@ def _judge(out: Outcome, job: Truth, found: list[Row], run: Run) -> None:
         if kind:
             setattr(out, kind, getattr(out, kind) + 1)
             _example(out, kind, f"{job.unique} {job.handle} is {outcome}; HQ {row.state}")
+            if kind in ("stale", "false") and len(out.suspects) < 6:
+                out.suspects.append(row)
 
 
 def _verdict(outcome: str, state: str) -> str:
@@ -732,7 +754,7 @@ def _inside_blind(run: Run, job: Truth) -> bool:
 
 def _example(out: Outcome, kind: str, text: str) -> None:
     examples = out.examples.setdefault(kind, [])
-    if len(examples) < 5:
+    if len(examples) < 6:
         examples.append(text)
 
 
@@ -831,6 +853,7 @@ def play(run: Run, cfg: Config, sc: Scenario, out: Outcome, load_s: float, down_
     for client in clients:
         client.popen.wait(load_s + 120)
     run.note("clients done")
+    out.loadavg = os.getloadavg()[0]
     wait_drained(run, 120)
     run.note("gearmand drained")
     for worker in run.workers:  # idle workers poll every second: the capture's drain
@@ -843,6 +866,7 @@ def play(run: Run, cfg: Config, sc: Scenario, out: Outcome, load_s: float, down_
         f"{(load.attempts - load.bg_attempts) / load_s:,.0f}/s fg"
     )
     classify(out, load, hq_rows(run.services.db_url, run.server), run)
+    explain(run.services.db_url, out)
 
 
 # --------------------------------------------------------------------------- report
@@ -899,7 +923,8 @@ def print_outcome(o: Outcome) -> None:
     print(
         f"  {o.scenario} ({o.mode}): {o.jobs} jobs ({o.failed} failed, {o.dropped} dropped "
         f"by gearmand), {o.recorded} recorded ({o.partial} without their submit); "
-        f"{o.client_errors} client errors of {o.attempts} calls; {o.duration_s:.0f} s",
+        f"{o.client_errors} client errors of {o.attempts} calls; {o.duration_s:.0f} s; "
+        f"load average {o.loadavg:.1f}",
         flush=True,
     )
     print(f"  verdict: {verdict(o)}")
@@ -963,7 +988,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--scenarios", default=",".join(BY_NAME), help=f"comma list of {', '.join(BY_NAME)}"
     )
     p.add_argument("--modes", default=",".join(MODES), help="comma list of capture,proxy")
-    p.add_argument("--short", action="store_true", help="shorter loads and outages (~7 min)")
+    p.add_argument("--short", action="store_true", help="shorter loads and outages (~6 min)")
     p.add_argument("--rate", type=float, default=2000.0, help="background jobs/s, all clients")
     p.add_argument("--json", type=Path, dest="json_path", help="write every outcome here")
     p.add_argument(
@@ -1001,7 +1026,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n! {exc}")
     print(f"\n{table(outcomes)}\n")
     for o in outcomes:
-        print(f"- {o.scenario} ({o.mode}): {verdict(o)} [{tap_notes(o.tap)}]")
+        print(
+            f"- {o.scenario} ({o.mode}): {verdict(o)} [{tap_notes(o.tap)}; "
+            f"load average {o.loadavg:.1f}]"
+        )
     print(
         f"\ntotal bench time {time.monotonic() - started:.0f} s; load average now "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
