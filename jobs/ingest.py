@@ -24,7 +24,8 @@ Nothing stops the writer:
   files rather than wait in memory: at once when a write fails, and whenever more than
   ``queue_max`` events wait. Spooled batches are replayed in order before any newer one,
   so job rows fold events in the order they happened. The spool is bounded
-  (``HQ_SPOOL_MAX``): past it the oldest batches are dropped, counted and logged;
+  (``HQ_SPOOL_MAX``, and its disk): past it the oldest batches are dropped, counted and
+  logged;
 * any other error is logged and the writer carries on; only an error that repeats
   :data:`FAILURES_MAX` times in a row ends the thread, and the tap process then exits so
   its supervisor restarts it (``hq/tap/threads.py``).
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 FAILURES_MAX = 10
 #: while Postgres is away, a partial batch waits at most this long before it is spooled
 SPILL_PARTIAL_S = 1.0
+#: the longest wait between two attempts to reach Postgres while it is away: a refused
+#: connection costs nothing, and every second waited past its return is a second of
+#: events that must go through the spool (or be lost, when the spool's disk is full)
+BACKOFF_MAX_S = 1.0
 #: the spool fill (of HQ_SPOOL_MAX) from which a warning is logged and reported
 SPOOL_WARN = 0.8
 
@@ -211,8 +216,13 @@ class EventWriter:
         error (``OperationalError``) when Postgres is away: the batch in hand is spooled
         first. ``bounded`` (the thread): keep at most ``queue_max`` events in memory, and
         when stopping, give up replaying in time and spool the rest."""
-        self._replay_spool(bounded)
-        while self._queue:
+        while True:
+            # Spooled batches are older than anything queued, and the job upsert folds
+            # deltas in the order they are written: replay the spool again before each
+            # queued batch, since keeping the queue bounded may have spilled to it.
+            self._replay_spool(bounded)
+            if not self._queue:
+                return
             if bounded and self._out_of_time():
                 self._spill(everything=True)
                 return
@@ -276,7 +286,7 @@ class EventWriter:
                         error_text(exc), self.spool.dir, self._backoff)
         self._down = True
         self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, 10.0)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
     # -- turning events into rows ---------------------------------------------------------
 
@@ -324,9 +334,9 @@ class EventWriter:
         if dropped:
             lost = sum(e.events for e in dropped)
             self.counters["spool_dropped_events"] += lost
-            log.error("spool %s reached HQ_SPOOL_MAX (%d bytes): dropped the %d oldest "
-                      "batches (%d events) to make room", self.spool.dir, self.spool.max_bytes,
-                      len(dropped), lost)
+            log.error("spool %s is full (HQ_SPOOL_MAX=%d bytes, or its disk): dropped the "
+                      "%d oldest batches (%d events) to make room", self.spool.dir,
+                      self.spool.max_bytes, len(dropped), lost)
         self._check_fill()
 
     def _check_fill(self) -> None:

@@ -9,7 +9,10 @@ Event ids are fixed before spooling, so a batch replayed twice inserts nothing t
 
 The spool is bounded (``max_bytes``, ``HQ_SPOOL_MAX``): a batch that would pass the bound
 makes room by dropping the *oldest* batches, which :meth:`Spool.put` returns so the writer
-can count and log them. The newest batch is always kept, even alone over the bound.
+can count and log them. The newest batch is always kept, even alone over the bound. A full
+disk is treated the same way: when a write fails for want of space, the oldest batches are
+dropped one by one until the new one fits (the newest events are the ones worth keeping:
+they are the state the outage ends in).
 
 Only one writer uses a spool directory, so the listing is read once and then kept in
 memory (appending and taking the oldest stay O(1) however many files an outage leaves).
@@ -18,6 +21,7 @@ memory (appending and taking the oldest stay O(1) however many files an outage l
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
@@ -30,6 +34,8 @@ T = TypeVar("T")
 
 #: ``<seq>.batch`` (older versions) or ``<seq>-<events>-<first_ms>.batch``
 _NAME = re.compile(r"^(\d+)(?:-(\d+)-(\d+))?\.batch$")
+#: write errors that mean "no room": make room by dropping the oldest batches
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class SpoolCorrupt(Exception):
@@ -100,34 +106,54 @@ class Spool(Generic[T]):
 
     def put(self, batch: T, *, events: int = 0, first_at: float = 0.0) -> list[Entry]:
         """Write ``batch`` as the newest file; returns the oldest batches dropped to stay
-        within ``max_bytes`` (empty when nothing had to go)."""
+        within ``max_bytes`` or to fit on a full disk (empty when nothing had to go).
+        Raises ``OSError`` when the batch cannot be written even into an empty spool."""
         name = f"{self._next:012d}-{events}-{max(0, int(first_at * 1000))}.batch"
         self._next += 1
-        tmp = self.dir / (name + ".tmp")
+        dropped: list[Entry] = []
+        while True:
+            try:
+                size = self._write(name, batch)
+                break
+            except OSError as exc:
+                if exc.errno not in _DISK_FULL or not self._entries:
+                    raise
+                dropped.append(self._drop_oldest())
         try:
-            with open(tmp, "wb") as fh:
-                pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                fh.flush()
-                os.fsync(fh.fileno())
-                size = fh.tell()
-            dropped = self._make_room(size)
-            os.replace(tmp, self.dir / name)
+            dropped += self._make_room(size)
+            os.replace(self.dir / (name + ".tmp"), self.dir / name)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            (self.dir / (name + ".tmp")).unlink(missing_ok=True)
             raise
         self._entries.append(Entry(self._next - 1, name, size, events, first_at))
         self._bytes += size
         self._events += events
         return dropped
 
+    def _write(self, name: str, batch: T) -> int:
+        """The batch in ``<name>.tmp``, on disk (fsynced); its size."""
+        tmp = self.dir / (name + ".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                fh.flush()
+                os.fsync(fh.fileno())
+                return fh.tell()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _drop_oldest(self) -> Entry:
+        entry = self._entries[0]
+        self.remove(entry.name)
+        return entry
+
     def _make_room(self, size: int) -> list[Entry]:
         dropped: list[Entry] = []
         if not self.max_bytes:
             return dropped
         while self._entries and self._bytes + size > self.max_bytes:
-            entry = self._entries[0]
-            self.remove(entry.name)
-            dropped.append(entry)
+            dropped.append(self._drop_oldest())
         return dropped
 
     def oldest(self) -> tuple[str, T] | None:

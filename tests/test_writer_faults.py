@@ -11,6 +11,7 @@ every event is written once, in order.
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import time
@@ -23,8 +24,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from broker.tracker import Event
+from jobs.batches import Batch
 from jobs.ingest import EventWriter, conninfo_from_settings
 from jobs.models import Job, JobEvent
+from jobs.spool import Spool
 from jobs.tap_health import assess
 from tests.pg_relay import Relay
 from tests.support.ingest import CLIENT, DOWN, WORKER, WriterFactory
@@ -353,6 +356,89 @@ def test_spool_bound_drops_the_oldest_batches_and_counts_them(
     assert oldest is not None and oldest >= ts + 0.7 - 0.01  # the newest were kept
     verdict = assess(server, {"writer": stats}, time.time(), time.time())
     assert "spool_full" in verdict.codes and "% full" in verdict.text
+
+
+def test_a_full_disk_drops_the_oldest_spooled_batches_not_the_newest(
+    make_writer: WriterFactory, server: str, spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spool's disk fills before HQ_SPOOL_MAX: room is made as for the bound (the
+    oldest go, counted), so the events the outage ends with are the ones kept."""
+    ts = t0()
+    writer = make_writer(DOWN, batch=100)
+    room = 3  # the disk holds three batch files
+    real_write = Spool._write
+
+    def write_on_a_small_disk(spool: Spool[Any], name: str, batch: Any) -> int:
+        if len(spool) >= room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(spool, name, batch)
+
+    monkeypatch.setattr(Spool, "_write", write_on_a_small_disk)
+    writer.start()
+    emit_all(writer, [submitted(ts + i / 1000, f"H:x:{i}") for i in range(1000)])
+    wait_for(lambda: writer.stats()["spool_dropped_events"] >= 700,
+             message="the oldest batches dropped")
+    stats = writer.stats()
+    assert stats["spool_batches"] == 3 and stats["spool_events"] == 300
+    assert stats["spool_dropped_events"] == 700 and stats["lost_events"] == 0
+    oldest = writer.spool.oldest_at()
+    assert oldest is not None and oldest >= ts + 0.7 - 0.01  # the newest were kept
+
+
+def test_a_write_error_other_than_a_full_disk_is_not_taken_for_one(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool: Spool[list[int]] = Spool(spool_dir)
+    spool.put([1], events=1)
+
+    def unwritable(_spool: Spool[Any], _name: str, _batch: Any) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Spool, "_write", unwritable)
+    with pytest.raises(PermissionError):
+        spool.put([2], events=1)
+    assert len(spool) == 1  # nothing dropped for an error that room would not cure
+
+
+def test_batches_spilled_to_keep_memory_bounded_are_written_before_newer_ones(
+    make_writer: WriterFactory, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More than ``queue_max`` events wait with Postgres up: the writer spills the oldest
+    to the spool to bound memory, and must still write every batch in event order, or a
+    job's `completed` written before its `started` leaves it `running` for good."""
+    ts = t0()
+    writer = make_writer(batch=10, queue_max=10)
+    events = [submitted(ts, "H:o:1")]
+    events += [submitted(ts + i / 1000, f"H:o:{i + 1}") for i in range(1, 12)]
+    events.append(started(ts + 0.02, "H:o:1"))  # in the second batch: spilled
+    events += [submitted(ts + (20 + i) / 1000, f"H:o:{i + 20}") for i in range(20)]
+    events.append(completed(ts + 0.05, "H:o:1"))  # in the fourth batch
+    events += [submitted(ts + (50 + i) / 1000, f"H:o:{i + 50}") for i in range(10)]
+    written: list[float] = []
+    real_write = writer.store.write
+
+    def recording(batch: Batch) -> Any:
+        written.append(batch.rows[0].at.timestamp())
+        return real_write(batch)
+
+    monkeypatch.setattr(writer.store, "write", recording)
+    emit_all(writer, events)
+    writer.flush(bounded=True)
+    assert writer.stats()["spooled_batches"] >= 2  # the queue bound did spill
+    assert written == sorted(written) and len(written) == 5
+    assert Job.objects.get(server__name=server, handle="H:o:1").state == "completed"
+
+
+def test_the_writer_retries_a_vanished_database_at_least_every_second(
+    make_writer: WriterFactory,
+) -> None:
+    writer = make_writer(DOWN, batch=10)
+    emit_all(writer, [submitted(t0(), "H:b:1")])
+    for _ in range(8):  # eight failures in a row
+        writer._cycle(stopping=False)
+        writer._retry_at = 0.0
+    assert writer._backoff <= 1.0
 
 
 def test_writer_connection_has_bounded_connect_and_statement_times() -> None:
