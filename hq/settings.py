@@ -203,6 +203,8 @@ HQ_INGEST_STATEMENT_TIMEOUT_MS = env_int("HQ_INGEST_STATEMENT_TIMEOUT_MS", 30000
 HQ_TAP_LAG_MAX_S = env_int("HQ_TAP_LAG_MAX_S", 30)
 HQ_EVENT_RETENTION_DAYS = env_int("HQ_EVENT_RETENTION_DAYS", 30)
 HQ_POLL_INTERVAL = env_int("HQ_POLL_INTERVAL", 5)
+# seconds between two checks of HQ's open jobs against gearmand's `show jobs`
+HQ_RECONCILE_INTERVAL = env_int("HQ_RECONCILE_INTERVAL", 10)
 HQ_ALERT_INTERVAL = env_int("HQ_ALERT_INTERVAL", 10)
 HQ_ALERT_REPEAT_S = env_int("HQ_ALERT_REPEAT_S", 3600)
 HQ_PUBLIC_URL = env_str("HQ_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
