@@ -7,3 +7,6 @@ class HqConfig(AppConfig):
 
     def ready(self) -> None:
         from . import schema  # noqa: F401  registers the OpenAPI description of our tokens
+        from .auth import connect_forgetting
+
+        connect_forgetting()

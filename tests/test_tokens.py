@@ -7,13 +7,14 @@ import io
 import stat
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from hq import auth as hq_auth
 from hq.models import ApiToken, Role, hash_token
 from hq.services import issue_token
 from tests.support.users import make_user
@@ -29,6 +30,22 @@ def bearer(raw: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client
+
+
+class Clock:
+    """The monotonic clock hq.auth reads, moved by the test (the outside edge)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr(hq_auth.time, "monotonic", lambda: self.now)
+
+    def after_the_cache(self) -> None:
+        self.now += hq_auth.TOKEN_CACHE_S + 0.1
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
 
 
 def run(*args: str) -> tuple[str, str]:
@@ -92,7 +109,7 @@ def test_revoke_own_yes_others_no_admin_any(vera: AbstractUser, opal: AbstractUs
     assert bearer(own["token"]).get("/api/v1/jobs/").status_code == 401
 
 
-def test_an_expired_token_is_401_with_a_clear_message(opal: AbstractUser) -> None:
+def test_an_expired_token_is_401_with_a_clear_message(opal: AbstractUser, clock: Clock) -> None:
     client = bearer(issue_token(opal))
     soon = timezone.now() + timedelta(days=1)
     body = client.post("/api/v1/tokens/", {"name": "short", "expires_at": soon.isoformat()},
@@ -100,6 +117,7 @@ def test_an_expired_token_is_401_with_a_clear_message(opal: AbstractUser) -> Non
     assert body["expires_at"]
     assert bearer(body["token"]).get("/api/v1/jobs/").status_code == 200
     ApiToken.objects.filter(pk=body["id"]).update(expires_at=timezone.now() - timedelta(1))
+    clock.after_the_cache()  # changed behind the web process's back (no signal)
     r = bearer(body["token"]).get("/api/v1/jobs/")
     assert r.status_code == 401
     assert r["WWW-Authenticate"].startswith("Bearer")
@@ -117,7 +135,7 @@ def test_expiry_must_be_in_the_future(opal: AbstractUser) -> None:
     assert r.status_code == 400 and "name" in r.json()["error"]["fields"]
 
 
-def test_last_used_is_written_at_most_once_a_minute(vera: AbstractUser) -> None:
+def test_last_used_is_written_at_most_once_a_minute(vera: AbstractUser, clock: Clock) -> None:
     raw = issue_token(vera)
     token = ApiToken.objects.get(user=vera)
     assert token.last_used_at is None
@@ -127,10 +145,12 @@ def test_last_used_is_written_at_most_once_a_minute(vera: AbstractUser) -> None:
     assert first is not None
     recently = timezone.now() - timedelta(seconds=30)
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=recently)
+    clock.after_the_cache()
     bearer(raw).get("/api/v1/jobs/")
     token.refresh_from_db()
     assert token.last_used_at == recently  # not written again within the minute
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=recently - timedelta(minutes=1))
+    clock.after_the_cache()
     bearer(raw).get("/api/v1/jobs/")
     token.refresh_from_db()
     assert token.last_used_at > recently
@@ -285,3 +305,23 @@ def test_make_user_role_helper_still_gives_tokens(db: None) -> None:
     # the shared test helper keeps working with the named-token signature
     user = make_user("tess", Role.VIEWER)
     assert bearer(issue_token(user)).get("/api/v1/tokens/").status_code == 200
+
+
+def test_a_token_is_looked_up_once_per_cache_period_and_changes_here_apply_at_once(
+    vera: AbstractUser, clock: Clock, django_assert_num_queries: Any
+) -> None:
+    raw = issue_token(vera)
+    client = bearer(raw)
+    assert client.get("/api/v1/servers/").status_code == 200  # token, role, last used...
+    with django_assert_num_queries(1):  # only the servers: token and role remembered
+        assert client.get("/api/v1/servers/").status_code == 200
+    # changed elsewhere (another process, no signal here): seen once the period is over
+    ApiToken.objects.filter(user=vera).update(expires_at=timezone.now() - timedelta(1))
+    assert client.get("/api/v1/servers/").status_code == 200
+    clock.after_the_cache()
+    assert client.get("/api/v1/servers/").status_code == 401
+    # revoked in this process: at once
+    raw2 = issue_token(vera)
+    assert bearer(raw2).get("/api/v1/servers/").status_code == 200
+    ApiToken.objects.get(digest=hash_token(raw2)).delete()
+    assert bearer(raw2).get("/api/v1/servers/").status_code == 401
