@@ -45,6 +45,9 @@ def database_from_url(url: str) -> dict[str, object]:
         "PORT": str(parts.port or 5432),
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
+        # a Postgres that does not answer fails a request (503 + Retry-After) or a task
+        # in seconds, rather than holding a worker for the OS's TCP timeout (minutes)
+        "OPTIONS": {"connect_timeout": 5},
     }
 
 
@@ -62,7 +65,7 @@ def web_pool(*, min_size: int, max_size: int, timeout_s: int) -> dict[str, objec
         # fails its one request with a 503 + Retry-After and the pool discards it
         "CONN_HEALTH_CHECKS": False,
         # named, so pg_stat_activity tells the web tier's connections from the others
-        "OPTIONS": {"application_name": "gearman-hq-web",
+        "OPTIONS": {"application_name": "gearman-hq-web", "connect_timeout": 5,
                     "pool": {"min_size": min_size, "max_size": max_size,
                              "timeout": float(timeout_s), "max_lifetime": 1800.0,
                              "max_idle": 300.0}},
