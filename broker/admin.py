@@ -21,6 +21,7 @@ from .limits import (
     ADMIN_LINES_MAX,
     ADMIN_REPLY_S,
     FUNCTION_MAX,
+    HANDLE_MAX,
     INT8_MAX,
     PID_MAX,
     VERSION_MAX,
@@ -217,3 +218,15 @@ class AdminClient:
             if parsed is not None:
                 out.append(parsed)
         return out
+
+    def show_jobs(self) -> set[str]:
+        """The handles of every job gearmand holds, queued or running (``show jobs``:
+        ``handle TAB retries TAB ignore TAB queued`` per line)."""
+        held = set()
+        for line in self.command("show jobs"):
+            handle = line.split("\t", 1)[0]
+            if handle and _name(handle, HANDLE_MAX) is not None:
+                held.add(handle)
+            else:
+                self.skipped += 1
+        return held

@@ -33,6 +33,7 @@ Nothing stops the writer:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -97,6 +98,7 @@ class EventWriter:
         self._last_spill = 0.0
         self._give_up_at: float | None = None
         self._spool_warned = False
+        self._writing_since: float | None = None
         self.counters = {"events_in": 0, "events_written": 0, "duplicates": 0, "batches": 0,
                          "db_errors": 0, "spooled_batches": 0, "commit_lag_ms": 0,
                          "spool_dropped_events": 0, "lost_events": 0, "writer_errors": 0}
@@ -128,6 +130,14 @@ class EventWriter:
             "spool_bytes": spool.size_bytes(), "spool_max": spool.max_bytes,
             "lag_ms": self.lag_ms(),
         }
+
+    def pending_since(self) -> float | None:
+        """Capture time of the oldest event not yet committed (spooled, being written or
+        queued); None when every event handed to the writer is in Postgres."""
+        times = [t for t in (self.spool.oldest_at(), self._writing_since) if t is not None]
+        with contextlib.suppress(IndexError):  # the writer may empty it meanwhile
+            times.append(self._queue[0].ts)
+        return min(times, default=None)
 
     def lag_ms(self) -> int:
         """Age of the oldest event not yet committed (spooled or queued); 0 when none."""
@@ -235,6 +245,8 @@ class EventWriter:
 
     def _take(self) -> Batch:
         queue = self._queue
+        if queue:  # pending until written or spooled (see pending_since)
+            self._writing_since = queue[0].ts
         events = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
         self.counters["events_in"] += len(events)
         return Batch(uuid.uuid4(), self._rows(events))
@@ -311,7 +323,12 @@ class EventWriter:
             raise
 
     def _write(self, batch: Batch) -> None:
-        done = self.store.write(batch)
+        if batch.rows:
+            self._writing_since = batch.rows[0].at.timestamp()
+        try:
+            done = self.store.write(batch)
+        finally:
+            self._writing_since = None
         c = self.counters
         c["batches"] += done.batches
         c["events_written"] += done.events
@@ -320,6 +337,7 @@ class EventWriter:
             c["commit_lag_ms"] = int((time.time() - batch.rows[-1].at.timestamp()) * 1000)
 
     def _spool_put(self, batch: Batch) -> None:
+        self._writing_since = None  # on disk now (or counted lost)
         rows = batch.rows
         if not rows:
             return

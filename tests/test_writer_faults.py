@@ -446,3 +446,17 @@ def test_writer_connection_has_bounded_connect_and_statement_times() -> None:
     assert params["connect_timeout"] == "5"
     with psycopg.connect(conninfo_from_settings()) as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+
+
+def test_pending_since_is_the_oldest_event_not_yet_in_postgres(
+    make_writer: WriterFactory,
+) -> None:
+    ts = t0()
+    writer = make_writer(DOWN, batch=2)
+    assert writer.pending_since() is None
+    emit_all(writer, [submitted(ts + i, f"H:p:{i}") for i in range(5)])
+    assert writer.pending_since() == ts  # queued
+    with pytest.raises(psycopg.OperationalError):
+        writer.flush()
+    writer._spill(everything=True)
+    assert writer.queued == 0 and writer.pending_since() == ts  # spooled

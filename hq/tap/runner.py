@@ -34,6 +34,9 @@ from .threads import ThreadWatch
 log = logging.getLogger("hq.tap")
 P = ParamSpec("P")
 STATS_TO_REDIS_S = 5.0
+#: how long after the list was taken the tap waits for packets still on their way
+#: (capture buffers, reassembly holding a segment behind a hole) before judging by it
+RECONCILE_SETTLE_S = 3.0
 #: start-up retries: first delay and longest delay, seconds
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 
@@ -69,7 +72,8 @@ class TapRunner:
         #: more sections for the stats (the proxy's child adds how it was started)
         self.extra_stats: dict[str, dict[str, Any]] = {}
         self.watch = ThreadWatch()
-        self.counters = {"poll_errors": 0, "startup_retries": 0, "admin_lines_skipped": 0}
+        self.counters = {"poll_errors": 0, "startup_retries": 0, "admin_lines_skipped": 0,
+                         "reconciled_lost": 0, "reconcile_errors": 0}
         self._stop = threading.Event()
         self._stopping = False
         self._started_at = time.time()
@@ -77,6 +81,9 @@ class TapRunner:
         self._poll_interval = poll_interval or settings.HQ_POLL_INTERVAL
         self._last_queues: set[tuple[str, int, int, int]] = set()
         self._last_workers: set[tuple[int, str, tuple[str, ...]]] = set()
+        #: gearmand's list of held jobs waiting to be compared: (taken at, handles, boot)
+        self._held: tuple[float, set[str], str] | None = None
+        self._next_reconcile = 0.0
 
     def start(self) -> None:
         self.watch.install()
@@ -177,12 +184,16 @@ class TapRunner:
         from monitoring.services import record_poll, record_poll_failure
 
         address = f"{self.gearman[0]}:{self.gearman[1]}"
+        held: set[str] | None = None
         try:
             with AdminClient(*self.gearman, timeout=2) as admin:
                 pid = admin.getpid()
                 version = admin.version()
                 statuses = admin.status()
                 workers = admin.workers()
+                listed_at = time.time()
+                if self._held is None and listed_at >= self._next_reconcile:
+                    held = admin.show_jobs()
                 self.counters["admin_lines_skipped"] += admin.skipped
         except AdminError as exc:
             self._safely(record_poll_failure, name=self.server, address=address, error=str(exc))
@@ -191,9 +202,48 @@ class TapRunner:
             log.warning("gearmand pid changed %s -> %s: new boot", self.pid, pid)
             self.pid = pid
             self.sink.request_boot(pid)
+        elif held is not None and self.pid != "0":
+            self._held = (listed_at, held, self.sink.tracker.boot)
+        self._reconcile()
         self._safely(record_poll, name=self.server, address=address, pid=pid, version=version,
                      statuses=statuses, workers=workers)
         self._publish_poll(statuses, workers)
+
+    def _reconcile(self) -> None:
+        """Record ``lost`` the open jobs gearmand's last list shows to have ended unseen,
+        once everything captured before the list was taken has been written."""
+        from jobs.reconcile import caught_up, unheld_jobs
+
+        if self._held is None:
+            return
+        listed_at, held, boot = self._held
+        if time.time() < listed_at + RECONCILE_SETTLE_S:
+            return
+        if boot != self.sink.tracker.boot:  # a restart since: that list says nothing now
+            self._held = None
+            return
+        if not caught_up(self.writer.pending_since(), listed_at):
+            return  # the writer is behind (an outage): the list keeps until it catches up
+        self._held = None
+        self._next_reconcile = time.time() + settings.HQ_RECONCILE_INTERVAL
+        from django.db import DatabaseError, close_old_connections
+
+        from broker.tracker import Event
+
+        try:
+            found = unheld_jobs(self.server, held=held, listed_at=listed_at, boot=boot)
+        except DatabaseError as exc:
+            self.counters["reconcile_errors"] += 1
+            log.warning("open jobs not checked against gearmand: %s", exc)
+            close_old_connections()
+            return
+        now = time.time()
+        for job in found:
+            self.writer.emit(Event("lost", job.boot, job.handle, now, detail=job.reason))
+        if found:
+            self.counters["reconciled_lost"] += len(found)
+            log.warning("%d open jobs are no longer held by gearmand and were never seen "
+                        "to end: recorded lost", len(found))
 
     def _publish_poll(self, statuses: list[FunctionStatus], workers: list[WorkerLine]) -> None:
         """Tell live pages when gearmand's counts or worker list moved since last poll."""

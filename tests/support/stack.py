@@ -123,6 +123,7 @@ def start_tap(mode: str, gearmand: Gearmand, tmp_path: Path, *, server: str = ""
     log = tmp_path / f"tap-{server}.log"
     env = dict(os.environ, DATABASE_URL=database_url(),
                HQ_SPOOL_DIR=str(tmp_path / "spool"), HQ_INGEST_FLUSH_MS="50", HQ_POLL_INTERVAL="1",
+               HQ_RECONCILE_INTERVAL="1",
                PYTHONUNBUFFERED="1")
     manage = [sys.executable, str(MANAGE)]
     if mode == "capture":

@@ -1,0 +1,46 @@
+"""Which open jobs gearmand's `show jobs` list may judge (jobs/reconcile.py): only jobs of
+the server, open, first seen well before the list was taken, and not in it; every open job
+of another boot (that gearmand is gone)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from jobs.models import Boot, Server
+from jobs.reconcile import ENDED_UNSEEN, RESTARTED, caught_up, unheld_jobs
+from tests.support.worlds import add_job
+
+pytestmark = pytest.mark.django_db
+
+
+def test_only_old_enough_open_jobs_missing_from_the_list_are_judged() -> None:
+    listed = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    server = Server.objects.create(name="recon")
+    other = Server.objects.create(name="recon-other")
+    boot = Boot.objects.create(server=server, token="700", first_seen=listed - timedelta(days=1))
+    old_boot = Boot.objects.create(server=server, token="650",
+                                   first_seen=listed - timedelta(days=2))
+    other_boot = Boot.objects.create(server=other, token="700", first_seen=listed)
+    long_ago = listed - timedelta(minutes=5)
+    add_job(boot, "H:h:1", state="queued", submitted_at=long_ago)  # ended unseen
+    add_job(boot, "H:h:2", state="running", submitted_at=long_ago)  # still held
+    add_job(boot, "H:h:3", state="queued", submitted_at=listed - timedelta(seconds=1))  # new
+    add_job(boot, "H:h:4", state="completed", submitted_at=long_ago)  # ended, recorded
+    add_job(boot, "H:h:5", state="running", submitted_at=None, started_at=long_ago)
+    add_job(old_boot, "H:h:1", state="running", submitted_at=long_ago)  # old gearmand
+    add_job(other_boot, "H:h:9", state="queued", submitted_at=long_ago)  # not this server
+
+    found = unheld_jobs("recon", held={"H:h:2"}, listed_at=listed.timestamp(), boot="700")
+    assert {(u.boot, u.handle, u.reason) for u in found} == {
+        ("700", "H:h:1", ENDED_UNSEEN), ("700", "H:h:5", ENDED_UNSEEN),
+        ("650", "H:h:1", RESTARTED)}
+
+
+def test_the_list_is_used_only_once_the_writer_has_caught_up_with_it() -> None:
+    listed = timezone.now().timestamp()
+    assert caught_up(None, listed)  # nothing pending
+    assert caught_up(listed + 0.5, listed)  # only newer events pending
+    assert not caught_up(listed - 0.5, listed)  # an older event not yet written
