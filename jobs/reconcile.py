@@ -13,13 +13,21 @@ an ordinary event, so the job's timeline says when and why.
 A job that started after the list was taken is never judged by it: rows are compared only
 when their first sign of life (submit, else start, else the row's last write) is older
 than the list by :data:`MARGIN_S`.
+
+Jobs HQ missed whole (they began and ended while no tap recorded, or their events were
+dropped) have no row to compare. gearmand numbers its jobs ``<prefix>:1``, ``:2``, … in the
+order it creates them (a submit that joins a job with the same unique key makes none), so
+:func:`unrecorded` finds the numbers missing between recorded jobs of the current boot and
+the tap records each as a ``lost`` job with no function: "HQ did not record this job".
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from django.db import connection
 from django.db.models import Q
 
 from .models import Job, State
@@ -32,6 +40,13 @@ BATCH = 10_000
 ENDED_UNSEEN = ("gearmand no longer holds it and HQ never saw it end: it ended while HQ was "
                 "not recording, or gearmand dropped it after --job-retries")
 RESTARTED = "gearmand restarted while HQ was not watching"
+NOT_RECORDED = ("HQ did not record this job: gearmand created it (its number is between "
+                "two recorded jobs) while the tap was down or dropping events")
+#: how far back the first gap search of a tap looks for the boot's jobs
+FIRST_LOOK = timedelta(hours=1)
+#: at most this many numbers are searched per pass (a longer gap: the newest of it)
+GAP_MAX = 200_000
+_NUMBERED = re.compile(r"^(.*:)(\d{1,18})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +86,44 @@ def caught_up(pending_since: float | None, listed_at: float) -> bool:
 
 def age(listed_at: float, now: float) -> timedelta:
     return timedelta(seconds=max(0.0, now - listed_at))
+
+
+@dataclass(frozen=True, slots=True)
+class Gaps:
+    handles: list[str]  # of jobs HQ has no row for, oldest first
+    mark: int | None  # the highest number searched: the next search starts above it
+
+
+def unrecorded(server: str, *, boot: str, held: set[str], listed_at: float,
+               after: int | None) -> Gaps:
+    """Handles of ``boot``'s jobs that HQ has no row for and gearmand no longer holds
+    (``held``, its list): numbered above ``after`` (None:
+    above the oldest job recorded in the last :data:`FIRST_LOOK`) and below the newest job
+    submitted before ``listed_at`` − :data:`MARGIN_S` — every job gearmand created before
+    that one was captured before the list was taken, so it is written by now if it ever
+    will be."""
+    cut = datetime.fromtimestamp(listed_at - MARGIN_S, tz=UTC)
+    jobs = Job.objects.filter(server__name=server, boot__token=boot, submitted_at__lt=cut,
+                              submitted_at__gte=cut - FIRST_LOOK)
+    newest = jobs.order_by("-submitted_at").values_list("handle", "boot_id").first()
+    if newest is None or (top := _NUMBERED.match(newest[0])) is None:
+        return Gaps([], after)
+    prefix, hi, boot_id = top.group(1), int(top.group(2)), newest[1]
+    if after is None:
+        oldest = jobs.order_by("submitted_at").values_list("handle", flat=True).first()
+        low = _NUMBERED.match(oldest or "")
+        if low is None or low.group(1) != prefix:
+            return Gaps([], hi)
+        after = int(low.group(2))
+    first = max(after + 1, hi - GAP_MAX)
+    if first >= hi:
+        return Gaps([], max(after, hi))
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT %(prefix)s || n FROM generate_series(%(first)s::bigint, %(last)s) n "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {Job._meta.db_table} j "
+            "WHERE j.boot_id = %(boot)s AND j.handle = %(prefix)s || n) ORDER BY n",
+            {"prefix": prefix, "first": first, "last": hi - 1, "boot": boot_id})
+        missing = [row[0] for row in cur.fetchall()]
+    # a job still queued in gearmand is recorded when it is assigned
+    return Gaps([h for h in missing if h not in held], hi)

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import Boot, Server
-from jobs.reconcile import ENDED_UNSEEN, RESTARTED, caught_up, unheld_jobs
+from jobs.reconcile import ENDED_UNSEEN, RESTARTED, caught_up, unheld_jobs, unrecorded
 from tests.support.worlds import add_job
 
 pytestmark = pytest.mark.django_db
@@ -44,3 +44,24 @@ def test_the_list_is_used_only_once_the_writer_has_caught_up_with_it() -> None:
     assert caught_up(None, listed)  # nothing pending
     assert caught_up(listed + 0.5, listed)  # only newer events pending
     assert not caught_up(listed - 0.5, listed)  # an older event not yet written
+
+
+def test_numbers_missing_between_recorded_jobs_are_the_jobs_hq_missed() -> None:
+    listed = timezone.now()
+    server = Server.objects.create(name="gaps")
+    boot = Boot.objects.create(server=server, token="800", first_seen=listed - timedelta(1))
+    earlier = listed - timedelta(minutes=2)
+    for n in (1, 2, 6):
+        add_job(boot, f"H:g:{n}", submitted_at=earlier + timedelta(seconds=n))
+    add_job(boot, "H:g:7", submitted_at=None, started_at=earlier)  # seen from its start
+    add_job(boot, "H:g:12", submitted_at=listed)  # too new to vouch for 8-11
+
+    gaps = unrecorded("gaps", boot="800", held={"H:g:4"}, listed_at=listed.timestamp(),
+                      after=None)
+    assert gaps.handles == ["H:g:3", "H:g:5"] and gaps.mark == 6  # 4: gearmand still has it
+    again = unrecorded("gaps", boot="800", held=set(), listed_at=listed.timestamp(),
+                       after=gaps.mark)
+    assert again.handles == [] and again.mark == 6
+    other_boot = unrecorded("gaps", boot="801", held=set(), listed_at=listed.timestamp(),
+                            after=None)
+    assert other_boot.handles == []

@@ -73,7 +73,7 @@ class TapRunner:
         self.extra_stats: dict[str, dict[str, Any]] = {}
         self.watch = ThreadWatch()
         self.counters = {"poll_errors": 0, "startup_retries": 0, "admin_lines_skipped": 0,
-                         "reconciled_lost": 0, "reconcile_errors": 0}
+                         "reconciled_lost": 0, "unrecorded_lost": 0, "reconcile_errors": 0}
         self._stop = threading.Event()
         self._stopping = False
         self._started_at = time.time()
@@ -84,6 +84,8 @@ class TapRunner:
         #: gearmand's list of held jobs waiting to be compared: (taken at, handles, boot)
         self._held: tuple[float, set[str], str] | None = None
         self._next_reconcile = 0.0
+        #: per boot, the highest job number searched for missed jobs
+        self._gap_marks: dict[str, int] = {}
 
     def start(self) -> None:
         self.watch.install()
@@ -212,7 +214,7 @@ class TapRunner:
     def _reconcile(self) -> None:
         """Record ``lost`` the open jobs gearmand's last list shows to have ended unseen,
         once everything captured before the list was taken has been written."""
-        from jobs.reconcile import caught_up, unheld_jobs
+        from jobs.reconcile import NOT_RECORDED, caught_up, unheld_jobs, unrecorded
 
         if self._held is None:
             return
@@ -244,6 +246,22 @@ class TapRunner:
             self.counters["reconciled_lost"] += len(found)
             log.warning("%d open jobs are no longer held by gearmand and were never seen "
                         "to end: recorded lost", len(found))
+        try:
+            gaps = unrecorded(self.server, boot=boot, held=held, listed_at=listed_at,
+                              after=self._gap_marks.get(boot))
+        except DatabaseError as exc:
+            self.counters["reconcile_errors"] += 1
+            log.warning("missed jobs not looked for: %s", exc)
+            close_old_connections()
+            return
+        if gaps.mark is not None:
+            self._gap_marks[boot] = gaps.mark
+        for handle in gaps.handles:
+            self.writer.emit(Event("lost", boot, handle, now, detail=NOT_RECORDED))
+        if gaps.handles:
+            self.counters["unrecorded_lost"] += len(gaps.handles)
+            log.warning("%d jobs gearmand created were not recorded (%s … %s): recorded lost",
+                        len(gaps.handles), gaps.handles[0], gaps.handles[-1])
 
     def _publish_poll(self, statuses: list[FunctionStatus], workers: list[WorkerLine]) -> None:
         """Tell live pages when gearmand's counts or worker list moved since last poll."""
