@@ -1,17 +1,24 @@
-"""A small asyncio Gearman client and worker on top of the codec.
+"""Gearman clients on top of the codec.
 
-Used by HQ's own job actions, the demo workload and tests. It speaks just what those need:
-submit (any priority, background or not), wait for the result, and a worker loop with
-status, data, fail and exception replies.
+* :class:`SubmitConnection` and :func:`submit_first` — blocking, with a timeout on
+  everything — are what HQ's own job actions use (``jobs/services.py``): one submit to
+  the first of several gearmand servers that acknowledges it, then, for a foreground job,
+  waiting for its result for a bounded time. :func:`cancel_job` sends gearmand's admin
+  ``cancel job H``. :func:`parse_servers` reads ``HQ_GEARMAN``.
+* :class:`Client` and :class:`Worker` — a small asyncio client and worker loop — are used
+  by the demo workload, the benches and tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from .admin import AdminClient, AdminError, parse_address
 from .protocol import DecodeError, Packet, PacketType, Parser, req
 
 T = PacketType
@@ -29,6 +36,199 @@ class GearmanError(Exception):
 
 class JobFailed(GearmanError):
     pass
+
+
+class NotAcknowledged(GearmanError):
+    """No gearmand acknowledged a submit (each one's reason in ``reasons``)."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons) or "no gearmand server is configured")
+        self.reasons = reasons
+
+
+# -- HQ's own submits: blocking, bounded ------------------------------------------------------
+
+#: seconds to connect to a gearmand, and to wait for its answer to a submit
+CONNECT_TIMEOUT_S = 2.0
+REPLY_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    """One gearmand HQ may submit to: the name its tap records it under, and where."""
+
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_servers(text: str, default_name: str) -> list[ServerAddress]:
+    """``HQ_GEARMAN``: ``gm1=10.0.0.5:4730,gm2=10.0.0.6:4730``, or a bare ``host:port``.
+
+    A bare entry is named ``default_name`` when it is the only one (the tap's default
+    ``--server`` name), else by its address. Raises ValueError on an unusable entry."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    out: list[ServerAddress] = []
+    for entry in entries:
+        name, sep, addr = entry.partition("=")
+        if not sep:
+            name, addr = "", entry
+        try:
+            host, port = parse_address(addr)
+        except ValueError:
+            raise ValueError(f"HQ_GEARMAN: {entry!r} is not NAME=HOST:PORT or HOST:PORT") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"HQ_GEARMAN: {entry!r} has no usable host and port")
+        name = name.strip() or (default_name if len(entries) == 1 else f"{host}:{port}")
+        out.append(ServerAddress(name, host, port))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"HQ_GEARMAN: a server name appears twice: {names}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a foreground job ended: completed with ``result``, or failed with ``error``."""
+
+    completed: bool
+    result: bytes = b""
+    error: str = ""
+
+
+class SubmitConnection:
+    """One blocking connection to one gearmand for HQ's submits. Every read has a
+    deadline; any socket or protocol problem is a :class:`GearmanError`."""
+
+    def __init__(self, server: ServerAddress, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 reply_timeout: float = REPLY_TIMEOUT_S) -> None:
+        self.server = server
+        self.reply_timeout = reply_timeout
+        self._parser = Parser()
+        self._inbox: list[Packet] = []
+        try:
+            self._sock = socket.create_connection((server.host, server.port),
+                                                  timeout=connect_timeout)
+        except (OSError, OverflowError, ValueError, UnicodeError) as exc:
+            raise GearmanError(f"{server.name} ({server.address}): cannot connect: "
+                               f"{exc}") from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> SubmitConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, what: str) -> GearmanError:
+        return GearmanError(f"{self.server.name} ({self.server.address}): {what}")
+
+    def _recv(self, deadline: float) -> Packet | None:
+        """The next packet, or None when ``deadline`` (monotonic) passed first."""
+        while not self._inbox:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._sock.settimeout(left)
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise self._fail(f"connection failed: {exc}") from exc
+            if not data:
+                raise self._fail("gearmand closed the connection")
+            for item in self._parser.feed(data):
+                if isinstance(item, DecodeError):
+                    raise self._fail(f"bad reply: {item.message}")
+                if isinstance(item, Packet):
+                    self._inbox.append(item)
+        return self._inbox.pop(0)
+
+    def submit(self, function: str, payload: bytes, *, unique: str = "",
+               priority: str = "normal", background: bool = True) -> str:
+        """Submit one job; gearmand's handle once it acknowledged it (JOB_CREATED)."""
+        packet = req(SUBMIT[(priority, background)], function.encode(), unique.encode(),
+                     payload)
+        try:
+            self._sock.sendall(packet.to_bytes())
+        except OSError as exc:
+            raise self._fail(f"cannot send: {exc}") from exc
+        deadline = time.monotonic() + self.reply_timeout
+        while True:
+            reply = self._recv(deadline)
+            if reply is None:
+                raise self._fail(f"no answer within {self.reply_timeout:g} s")
+            if reply.type == T.ERROR:
+                text = b": ".join(reply.args).decode("utf-8", "replace")
+                raise self._fail(f"refused the job: {text}")
+            if reply.type == T.JOB_CREATED:
+                return reply.args[0].decode("utf-8", "replace")
+
+    def wait(self, handle: str, timeout: float) -> Outcome | None:
+        """How the foreground job ``handle`` ended, or None when ``timeout`` ran out first
+        (the job goes on; gearmand keeps running it when this connection closes)."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        want = handle.encode()
+        while True:
+            pkt = self._recv(deadline)
+            if pkt is None:
+                return None
+            if not pkt.args or pkt.args[0] != want:
+                continue
+            if pkt.type == T.WORK_COMPLETE:
+                return Outcome(True, pkt.args[1] if len(pkt.args) > 1 else b"")
+            if pkt.type in (T.WORK_FAIL, T.WORK_EXCEPTION):
+                text = pkt.args[1].decode("utf-8", "replace") if len(pkt.args) > 1 else ""
+                return Outcome(False, error=text or "the worker reported failure")
+
+
+def submit_first(servers: Sequence[ServerAddress], function: str, payload: bytes, *,
+                 unique: str = "", priority: str = "normal", background: bool = True,
+                 start: int = 0, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 reply_timeout: float = REPLY_TIMEOUT_S,
+                 ) -> tuple[SubmitConnection, str]:
+    """Submit to the first server (trying them in order from ``start``) that acknowledges
+    the job: its open connection (the caller closes it) and the handle. Raises
+    :class:`NotAcknowledged` with each server's reason when none did."""
+    reasons: list[str] = []
+    n = len(servers)
+    for i in range(n):
+        server = servers[(start + i) % n]
+        try:
+            conn = SubmitConnection(server, connect_timeout=connect_timeout,
+                                    reply_timeout=reply_timeout)
+        except GearmanError as exc:
+            reasons.append(str(exc))
+            continue
+        try:
+            return conn, conn.submit(function, payload, unique=unique, priority=priority,
+                                     background=background)
+        except GearmanError as exc:
+            conn.close()
+            reasons.append(str(exc))
+    raise NotAcknowledged(reasons)
+
+
+def cancel_job(server: ServerAddress, handle: str, *, timeout: float = REPLY_TIMEOUT_S) -> None:
+    """gearmand's admin ``cancel job H``. gearmand answers OK for any job it holds: a queued
+    one is then skipped when a worker asks (it stays in ``show jobs``, marked ignored,
+    until then); a job a worker already runs is *not* stopped. Raises GearmanError when
+    gearmand does not hold the job (``ERR UNKNOWN_JOB``) or cannot be reached."""
+    try:
+        with AdminClient(server.host, server.port, timeout=timeout) as admin:
+            reply = admin.command(f"cancel job {handle}")
+    except AdminError as exc:
+        raise GearmanError(f"{server.name} ({server.address}): {exc}") from exc
+    if not reply or not reply[0].startswith("OK"):
+        raise GearmanError(f"{server.name} ({server.address}): unexpected reply {reply!r}")
 
 
 class _Conn:

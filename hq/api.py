@@ -6,16 +6,17 @@ from typing import cast
 
 from django.contrib.auth.models import AbstractUser
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import selectors, services
+from . import audit, selectors, services
 from .errors import NotFound
-from .models import ApiToken
+from .models import ApiToken, AuditEntry
 from .pagination import NewestFirst
-from .permissions import ViewerForOwnThings
+from .permissions import AdminOnly, ViewerForOwnThings
 from .serializers import IssuedTokenSerializer, NewTokenSerializer, TokenSerializer
 
 
@@ -54,3 +55,35 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
 def _is_id(text: str) -> bool:
     return text.isdigit() and len(text) < 19
+
+
+class AuditSerializer(serializers.ModelSerializer[AuditEntry]):
+    user = serializers.CharField(source="username", read_only=True)
+
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "at", "user", "via", "action", "target", "detail"]
+
+
+AUDIT_FILTERS = [
+    OpenApiParameter(name, OpenApiTypes.STR, description=desc) for name, desc in [
+        ("user", "user name, exact"), ("via", "ui, api, cli or system"),
+        ("action", "submit, schedule, retry, cancel, submit_scheduled…"),
+        ("target", "e.g. 'job 42', exact"), ("after", "ISO 8601 time"),
+        ("before", "ISO 8601 time"),
+    ]
+]
+
+
+@extend_schema(parameters=AUDIT_FILTERS)
+class AuditList(generics.ListAPIView[AuditEntry]):
+    """The audit log, newest first (admins only): every action on jobs, who took it and
+    through which door, and how it went."""
+
+    serializer_class = AuditSerializer
+    permission_classes = [AdminOnly]
+    pagination_class = NewestFirst
+
+    def get_queryset(self) -> QuerySet[AuditEntry]:
+        params = {k: str(self.request.query_params.get(k, "")) for k in audit.FILTERS}
+        return audit.entries(params)

@@ -63,3 +63,32 @@ class ApiToken(models.Model):
     def last_used_is_stale(self, now: datetime) -> bool:
         return (self.last_used_at is None
                 or (now - self.last_used_at).total_seconds() >= LAST_USED_EVERY_S)
+
+
+class Via(models.TextChoices):
+    UI = "ui"
+    API = "api"
+    CLI = "cli"
+    SYSTEM = "system"  # HQ itself: the scheduler submitting a job whose time came
+
+
+class AuditEntry(models.Model):
+    """One action someone took (append-only: written by ``hq.audit.record``, never
+    changed). ``target`` names what it acted on as text ("job 42"), so this table needs
+    no app's model; ``username`` keeps the name when the user is gone."""
+
+    at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                             on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150, blank=True, default="")
+    via = models.CharField(max_length=6, choices=Via.choices)
+    action = models.CharField(max_length=40)
+    target = models.CharField(max_length=255)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["-at"], name="audit_at"),
+                   models.Index(fields=["target", "-at"], name="audit_target")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action} {self.target}"

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from broker.client import parse_servers
+
 from .env import database_from_url, env_bool, env_int, env_list, env_str, web_pool
 from .security import DEV_SECRET_KEY
 
@@ -191,6 +193,13 @@ SPECTACULAR_SETTINGS = {
 HQ_PAYLOAD_MAX = env_int("HQ_PAYLOAD_MAX", 65536)
 HQ_GEARMAN = env_str("HQ_GEARMAN", "127.0.0.1:4730")
 HQ_SERVER_NAME = env_str("HQ_SERVER_NAME", "local")
+# HQ_GEARMAN as a list: "gm1=10.0.0.5:4730,gm2=10.0.0.6:4730" (names as the taps record
+# them) or a bare "host:port" (named HQ_SERVER_NAME). HQ's own submits go to the first that
+# acknowledges, starting from a different one each time (jobs/services.py).
+try:
+    HQ_GEARMAN_SERVERS = parse_servers(HQ_GEARMAN, HQ_SERVER_NAME)
+except ValueError as _exc:
+    raise SystemExit(str(_exc)) from None
 HQ_SPOOL_DIR = Path(env_str("HQ_SPOOL_DIR", str(BASE_DIR / "var" / "spool")))
 HQ_INGEST_BATCH = env_int("HQ_INGEST_BATCH", 5000)
 HQ_INGEST_FLUSH_MS = env_int("HQ_INGEST_FLUSH_MS", 200)
@@ -223,6 +232,9 @@ CELERY_BEAT_SCHEDULE = {
     "deliver-notifications": {"task": "alerts.tasks.deliver_notifications", "schedule": 5.0},
     "prune-snapshots": {"task": "monitoring.tasks.prune_old_snapshots", "schedule": 3600.0},
     "apply-retention": {"task": "jobs.tasks.apply_retention", "schedule": 3600.0},
+    # HQ-scheduled jobs whose time came (claimed with SKIP LOCKED), and HQ's submits
+    # linked to the rows their taps wrote (jobs/scheduler.py)
+    "submit-due-jobs": {"task": "jobs.tasks.submit_due_jobs", "schedule": 1.0},
 }
 
 LOGGING = {

@@ -8,15 +8,24 @@ from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics
+from rest_framework import generics, status
 from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from hq.errors import InvalidInput
 from hq.pagination import NewestFirst, OldestFirst
 
-from . import selectors
+from . import selectors, services
 from .models import Job, JobEvent
 from .redaction import may_see_payloads
-from .serializers import JOB_COLUMNS, JOB_RELATED, JobEventSerializer, JobSerializer
+from .serializers import (
+    JOB_COLUMNS,
+    JOB_RELATED,
+    JobEventSerializer,
+    JobSerializer,
+    JobSubmitSerializer,
+)
 
 JOB_FILTERS = [
     OpenApiParameter(name, OpenApiTypes.STR, description=desc) for name, desc in [
@@ -29,8 +38,15 @@ JOB_FILTERS = [
         ("submitted_after", "ISO 8601 time"),
         ("submitted_before", "ISO 8601 time"),
         ("q", "handle, unique, function or payload text (substring)"),
+        ("retry_of", "the id of a job: the jobs that retry it"),
     ]
 ]
+WAIT = OpenApiParameter("wait", OpenApiTypes.NUMBER, description=(
+    "foreground only: seconds (up to 60) to wait for the result; 201 with it, or 202 when "
+    "the wait ran out"))
+IDEMPOTENCY = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+    description="the same key again returns the job the first request made")
 
 
 def _may_see_payloads(request: Request) -> bool:
@@ -40,6 +56,28 @@ def _may_see_payloads(request: Request) -> bool:
             and request.user.is_authenticated:
         return True
     return may_see_payloads(request.user)
+
+
+def _job(request: Request, job: Job, code: int) -> Response:
+    return Response(JobSerializer(job, context={"request": request}).data, status=code)
+
+
+def _wait(request: Request) -> float:
+    raw = request.query_params.get("wait", "")
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= services.WAIT_MAX_S:
+        raise InvalidInput(f"wait must be a number of seconds from 0 to {services.WAIT_MAX_S}",
+                           fields={"wait": [f"0 to {services.WAIT_MAX_S}."]})
+    return value
+
+
+def _key(request: Request) -> str:
+    return str(request.headers.get("Idempotency-Key", ""))
 
 
 @extend_schema(parameters=JOB_FILTERS)
@@ -59,6 +97,32 @@ class JobList(generics.ListAPIView[Job]):
         context = dict(super().get_serializer_context())
         context["may_see_payloads"] = getattr(self, "may_see", None)
         return context
+
+    @extend_schema(parameters=[WAIT, IDEMPOTENCY], request=JobSubmitSerializer,
+                   responses={201: JobSerializer, 202: JobSerializer})
+    def post(self, request: Request) -> Response:
+        """Submit a job (operator or admin): now, or at ``run_at`` (state ``scheduled``)."""
+        body = JobSubmitSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        done = services.submit(
+            function=data["function"], payload=data["payload_bytes"], unique=data["unique"],
+            priority=data["priority"], background=data["background"], run_at=data["run_at"],
+            wait_s=_wait(request), user=request.user, via="api",
+            idempotency_key=_key(request))
+        if done.replayed:
+            return _job(request, done.job, status.HTTP_200_OK)
+        out: dict[str, Any] = dict(JobSerializer(done.job, context={"request": request}).data)
+        job = done.job
+        if job.background is False and job.state != "scheduled":
+            if done.outcome is None:
+                return Response(out, status=status.HTTP_202_ACCEPTED)
+            if not job.is_finished:  # the tap has not recorded the end yet: say what HQ saw
+                out["state"] = "completed" if done.outcome.completed else "failed"
+                out["result"], out["result_encoding"] = _text_or_b64(done.outcome.result)
+                out["result_size"] = len(done.outcome.result)
+                out["error"] = done.outcome.error
+        return Response(out, status=status.HTTP_201_CREATED)
 
 
 class JobDetail(generics.RetrieveAPIView[Job]):
@@ -82,3 +146,34 @@ class JobEvents(generics.ListAPIView[JobEvent]):
         if job is not None:
             context["job_function"] = job.function
         return context
+
+
+def _text_or_b64(data: bytes) -> tuple[str, str]:
+    import base64
+
+    try:
+        text = data.decode("utf-8")
+        if "\0" not in text:
+            return text, "utf-8"
+    except UnicodeDecodeError:
+        pass
+    return base64.b64encode(data).decode(), "base64"
+
+
+class JobRetry(APIView):
+    @extend_schema(request=None, parameters=[IDEMPOTENCY], responses={201: JobSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        """Submit a finished job again as a new job (``retry_of``: this one); 409 when
+        its payload is not stored whole."""
+        job = services.retry(job_id=pk, user=request.user, via="api",
+                             idempotency_key=_key(request))
+        return _job(request, job, status.HTTP_201_CREATED)
+
+
+class JobCancel(APIView):
+    @extend_schema(request=None, responses={200: JobSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        """Cancel a queued job (gearmand's ``cancel job``) or one HQ holds for later; 409
+        when it is running or finished."""
+        job = services.cancel(job_id=pk, user=request.user, via="api")
+        return _job(request, job, status.HTTP_200_OK)

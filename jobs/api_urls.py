@@ -6,4 +6,6 @@ urlpatterns = [
     path("jobs/", api.JobList.as_view(), name="api-jobs"),
     path("jobs/<int:pk>/", api.JobDetail.as_view(), name="api-job"),
     path("jobs/<int:pk>/events/", api.JobEvents.as_view(), name="api-job-events"),
+    path("jobs/<int:pk>/retry/", api.JobRetry.as_view(), name="api-job-retry"),
+    path("jobs/<int:pk>/cancel/", api.JobCancel.as_view(), name="api-job-cancel"),
 ]

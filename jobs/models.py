@@ -3,6 +3,8 @@ lifetimes), jobs (current state, one row per gearmand job) and their append-only
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import models
 
 
@@ -63,7 +65,9 @@ class Job(models.Model):
     # no index of its own: nothing filters jobs by server alone (and each index slows ingest)
     server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="jobs",
                                db_index=False)
-    boot = models.ForeignKey(Boot, on_delete=models.PROTECT, related_name="jobs",
+    # no boot (and no handle) yet: a job HQ holds until its time (state scheduled), or one
+    # HQ submitted whose row the tap has not written yet (see jobs/services.py)
+    boot = models.ForeignKey(Boot, on_delete=models.PROTECT, related_name="jobs", null=True,
                              db_index=False)  # (boot, handle) is unique: that index serves
     handle = models.CharField(max_length=255)
     function = models.CharField(max_length=255, blank=True, default="")
@@ -89,14 +93,14 @@ class Job(models.Model):
     result_size = models.IntegerField(default=0)
     error = models.TextField(blank=True, default="")
     clients = models.IntegerField(default=0)
-    retry_of = models.ForeignKey("self", null=True, on_delete=models.SET_NULL, related_name="+",
-                                 db_index=False)
+    retry_of = models.ForeignKey("self", null=True, on_delete=models.SET_NULL,
+                                 related_name="retries", db_index=False)  # partial index
+    #: an idempotency key: the action (API ``Idempotency-Key``, a bulk item) that made this
+    #: job, so the same action repeated returns this job instead of submitting another
+    action_key = models.CharField(max_length=100, null=True, blank=True)
     updated_at = models.DateTimeField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["boot", "handle"], name="job_boot_handle"),
-        ]
         indexes = [
             models.Index(fields=["handle"], name="job_handle"),
             models.Index(fields=["unique"], name="job_unique"),
@@ -106,6 +110,17 @@ class Job(models.Model):
             models.Index(fields=["worker", "-id"], name="job_worker"),
             models.Index(fields=["state", "-id"], name="job_state"),
             models.Index(fields=["function", "state", "-id"], name="job_function_state"),
+            # both partial, so small: retries, and HQ's own rows that have no boot yet
+            # (the scheduler's due jobs and the submits waiting for their tap row)
+            models.Index(fields=["retry_of"], name="job_retry_of",
+                         condition=models.Q(retry_of__isnull=False)),
+            models.Index(fields=["scheduled_for"], name="job_hq_pending",
+                         condition=models.Q(boot__isnull=True)),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["boot", "handle"], name="job_boot_handle"),
+            models.UniqueConstraint(fields=["action_key"], name="job_action_key",
+                                    condition=models.Q(action_key__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -130,6 +145,50 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+    @property
+    def held_by_hq(self) -> bool:
+        """Scheduled by HQ and not submitted yet (no handle)."""
+        return self.state == State.SCHEDULED and self.boot_id is None and not self.handle
+
+    @property
+    def late_by(self) -> timedelta | None:
+        """How much later than its ``scheduled_for`` the job was submitted (None when it
+        was not scheduled or not submitted yet)."""
+        if self.scheduled_for is None or self.submitted_at is None:
+            return None
+        return max(self.submitted_at - self.scheduled_for, timedelta(0))
+
+    def retry_refusal(self, *, redacted: bool) -> str | None:
+        """Why this job cannot be retried, or None when it can. ``redacted``: its
+        function is in ``HQ_REDACT`` (the payload was never stored)."""
+        if not self.is_finished:
+            return f"it is {self.state}: only a finished job can be retried"
+        if not self.function:
+            return "its function was never recorded"
+        if redacted:
+            return "its payload is not stored (HQ_REDACT), so it cannot be sent again"
+        if self.payload_truncated:
+            return (f"its payload was truncated (stored {self.payload_stored_size:,} of "
+                    f"{self.payload_size:,} bytes, HQ_PAYLOAD_MAX)")
+        if self.payload is None and (self.payload_size or self.submitted_at is None):
+            return "its payload was not recorded (HQ saw the job after it was submitted)"
+        return None
+
+    def cancel_refusal(self) -> str | None:
+        """Why this job cannot be cancelled, or None when it can."""
+        if self.state == State.RUNNING:
+            return ("it is running: gearmand cannot stop a job a worker has taken "
+                    "(it would answer OK and the job would run on)")
+        if self.is_finished and self.state != State.CANCELLED:
+            return f"it has already finished ({self.state})"
+        if self.state == State.QUEUED and not self.handle:
+            return "gearmand never gave it a handle"
+        return None
+
+    @property
+    def payload_stored_size(self) -> int:
+        return _stored_len(self.payload_text, self.payload_bin)
 
 
 def _bytes(value: bytes | memoryview | None) -> bytes | None:

@@ -14,11 +14,12 @@ from .lookups import like_pattern  # importing it registers __ilike
 from .models import Job, JobEvent, SearchText, Server, State
 
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
-           "submitted_after", "submitted_before", "q")
+           "submitted_after", "submitted_before", "q", "retry_of")
 STATES = {s.value for s in State}
 #: the longest value each filter may have (the column's own length; a time, a state list)
 FILTER_MAX = {"handle": 255, "function": 255, "unique": 255, "worker": 255, "server": 100,
-              "state": 200, "submitted_after": 64, "submitted_before": 64, "q": 500}
+              "state": 200, "submitted_after": 64, "submitted_before": 64, "q": 500,
+              "retry_of": 19}
 
 
 def _time(name: str, raw: str) -> datetime:
@@ -89,6 +90,11 @@ def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) ->
         qs = qs.filter(submitted_at__gte=_time("submitted_after", value["submitted_after"]))
     if value["submitted_before"]:
         qs = qs.filter(submitted_at__lt=_time("submitted_before", value["submitted_before"]))
+    if value["retry_of"]:
+        if not value["retry_of"].isdigit():
+            raise InvalidInput(f"retry_of must be a job id, not {value['retry_of']!r}",
+                               fields={"retry_of": ["A whole number."]})
+        qs = qs.filter(retry_of_id=int(value["retry_of"]))
     if value["q"]:
         if payload_search:
             qs = qs.alias(search_text=SearchText()).filter(_text_match(value["q"]))
@@ -127,6 +133,8 @@ def exact_job(text: str) -> Job | None:
 
 
 def job_events(job: Job) -> QuerySet[JobEvent]:
+    if job.boot_id is None:  # HQ's own row, no tap row yet: no events
+        return JobEvent.objects.none()
     return JobEvent.objects.filter(boot_id=job.boot_id, handle=job.handle).order_by("at", "id")
 
 
@@ -146,3 +154,18 @@ def newest_page(qs: QuerySet[Job], before_id: str, size: int) -> tuple[list[Job]
 
 def server_names() -> list[str]:
     return list(Server.objects.order_by("name").values_list("name", flat=True))
+
+
+def known_functions(limit: int = 500) -> list[str]:
+    """The distinct function names of recorded jobs (at most ``limit``, in order), for the
+    submit form's completion: a loose index scan of ``job_function``, one index probe per
+    name, so a table of millions of jobs costs as much as its few hundred functions."""
+    from django.db import connection
+
+    table = Job._meta.db_table
+    sql = (f'WITH RECURSIVE f(fn) AS (SELECT min(function) FROM "{table}" WHERE function > \'\' '
+           f'UNION ALL SELECT (SELECT min(function) FROM "{table}" WHERE function > f.fn) '
+           "FROM f WHERE f.fn IS NOT NULL) SELECT fn FROM f WHERE fn IS NOT NULL LIMIT %s")
+    with connection.cursor() as cur:
+        cur.execute(sql, [limit])
+        return [row[0] for row in cur.fetchall()]

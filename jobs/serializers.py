@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import F
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import F, OuterRef
 from rest_framework import serializers
 
 from .models import Job, JobEvent
@@ -51,14 +52,21 @@ JOB_COLUMNS = (
     "payload_size", "result_text", "result_bin", "result_size", "error", "clients",
     "retry_of_id",
 )
-JOB_RELATED = {"server_name": F("server__name"), "boot_token": F("boot__token")}
+JOB_RELATED = {
+    "server_name": F("server__name"), "boot_token": F("boot__token"),
+    # the jobs that retry this one (one probe of the partial index job_retry_of per row)
+    "retried_by": ArraySubquery(
+        Job.objects.filter(retry_of=OuterRef("pk")).order_by("id").values("id")),
+}
 
 
 def job_values(job: Job) -> dict[str, Any]:
     """A job instance as the row ``.values(*JOB_COLUMNS, **JOB_RELATED)`` gives."""
     row = {name: getattr(job, name) for name in JOB_COLUMNS}
     row["server_name"] = job.server.name
-    row["boot_token"] = job.boot.token if job.boot_id is not None else None
+    row["boot_token"] = job.boot.token if job.boot is not None else None
+    row["retried_by"] = list(Job.objects.filter(retry_of=job.pk).order_by("id")
+                             .values_list("id", flat=True))
     return row
 
 
@@ -109,6 +117,7 @@ def job_json(row: Mapping[str, Any], why_withheld: str | None) -> dict[str, Any]
         "result": result, "result_encoding": result_encoding,
         "result_size": row["result_size"], "result_truncated": result_truncated,
         "error": row["error"], "clients": row["clients"], "retry_of": row["retry_of_id"],
+        "retried_by": list(row.get("retried_by") or ()),
         "payload_redacted": why_withheld == REDACTED, "payload_hidden": why_withheld == HIDDEN,
     }
 
@@ -138,6 +147,9 @@ class JobSerializer(serializers.ModelSerializer[Job]):
         help_text="HQ_REDACT: payload and result are not stored for this function (only sizes).")
     payload_hidden = serializers.BooleanField(
         read_only=True, help_text="HQ_VIEWERS_SEE_PAYLOADS is off and you are a viewer.")
+    retried_by = serializers.ListField(
+        child=serializers.IntegerField(), read_only=True,
+        help_text="Ids of the jobs that retried this one (their retry_of is this job).")
 
     class Meta:
         model = Job
@@ -146,8 +158,8 @@ class JobSerializer(serializers.ModelSerializer[Job]):
             "state", "submitted_at", "scheduled_for", "started_at", "finished_at", "wait_ms",
             "runtime_ms", "attempts", "worker", "progress", "payload", "payload_encoding",
             "payload_size", "payload_truncated", "result", "result_encoding", "result_size",
-            "result_truncated", "error", "clients", "retry_of", "payload_redacted",
-            "payload_hidden",
+            "result_truncated", "error", "clients", "retry_of", "retried_by",
+            "payload_redacted", "payload_hidden",
         ]
 
     def to_representation(self, instance: Job | Mapping[str, Any]) -> dict[str, Any]:
@@ -182,3 +194,37 @@ class JobEventSerializer(serializers.ModelSerializer[JobEvent]):
 
 def job_to_dict(job: Job) -> dict[str, Any]:
     return dict(JobSerializer(job).data)
+
+
+class JobSubmitSerializer(serializers.Serializer[Any]):
+    # POST /api/v1/jobs/: a job to submit now or at run_at (the payload as text, or as
+    # base64 in payload_b64 for bytes)
+    function = serializers.CharField(max_length=255, trim_whitespace=False)
+    payload = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False,
+                                    default="")
+    payload_b64 = serializers.CharField(required=False, allow_blank=True,
+                                        trim_whitespace=False, default=None, allow_null=True)
+    unique = serializers.CharField(required=False, allow_blank=True, max_length=255,
+                                   trim_whitespace=False, default="")
+    priority = serializers.ChoiceField(choices=["high", "normal", "low"], default="normal")
+    background = serializers.BooleanField(default=True)
+    run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        raw_b64 = attrs.pop("payload_b64", None)
+        text = attrs.pop("payload", "")
+        if raw_b64 is not None and text:
+            raise serializers.ValidationError(
+                {"payload_b64": ["Give payload (text) or payload_b64, not both."]})
+        if raw_b64 is not None:
+            try:
+                attrs["payload_bytes"] = base64.b64decode(raw_b64, validate=True)
+            except (ValueError, TypeError):
+                raise serializers.ValidationError(
+                    {"payload_b64": ["Not valid base64."]}) from None
+        else:
+            if "\0" in text:
+                raise serializers.ValidationError(
+                    {"payload": ["A NUL character: send bytes as payload_b64."]})
+            attrs["payload_bytes"] = text.encode()
+        return attrs

@@ -1,0 +1,61 @@
+"""The scheduler: every second (Celery beat, ``jobs.tasks.submit_due_jobs``) it submits
+the jobs HQ holds whose time came, most overdue first, and links HQ's submits to the rows
+their taps wrote (``jobs/services.py`` explains both).
+
+Each due job is claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` and submitted in its own
+transaction, the pattern of the alert outbox (``alerts/delivery.py``) but holding the row
+lock instead of leasing it: two schedulers never take the same job, and a scheduler that
+dies mid-submit releases its lock with its connection, so the job is simply still due. A
+job whose time passed while HQ was down is due at the first tick after HQ comes back; its
+page then says how late it was submitted (``Job.late_by``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.utils import timezone
+
+from hq.errors import Unavailable
+
+from . import services
+
+log = logging.getLogger(__name__)
+
+#: one tick submits at most this many jobs, for at most this long (the rest at the next)
+TICK_MAX_JOBS = 2000
+TICK_MAX_S = 10.0
+
+
+@dataclass
+class Tick:
+    submitted: int = 0
+    linked: int = 0
+    gearmand_down: str = ""
+
+    def summary(self) -> str:
+        down = f"; not submitted: {self.gearmand_down}" if self.gearmand_down else ""
+        return f"submitted {self.submitted}, linked {self.linked}{down}"
+
+
+def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
+               max_s: float = TICK_MAX_S) -> Tick:
+    """Submit what is due at ``now`` (default: the clock), then link waiting submits."""
+    now = now or timezone.now()
+    tick = Tick()
+    stop_at = time.monotonic() + max_s
+    while tick.submitted < max_jobs and time.monotonic() < stop_at:
+        try:
+            job = services.submit_one_due(now=now)
+        except Unavailable as exc:  # every gearmand refused: the jobs stay due
+            tick.gearmand_down = exc.message
+            log.warning("scheduled jobs wait: %s", exc.message)
+            break
+        if job is None:
+            break
+        tick.submitted += 1
+    tick.linked = services.link_pending()
+    return tick
