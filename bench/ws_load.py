@@ -1,20 +1,25 @@
 """Many live-stream clients on one web tier (benchmark, not a test).
 
 Starts the web server the way `make run` does (``python -m hq.serve``, or daphne), opens
-N websocket clients of ``/ws/live/?token=…`` (a viewer token, no subscription: every client
-gets every message, the worst case), then publishes live messages into the Channels group
-the way the tap's publisher does under load: at 2,000 jobs/s the coalescer sends one
-``job`` message per server every ``HQ_LIVE_INTERVAL_MS`` (500 ms) carrying the counts and
-the latest jobs of each function, whatever the job rate. Each message carries the time it
-was published (CLOCK_MONOTONIC, shared by every process here), so every client's receive
-time gives a publish → client latency.
+N websocket clients of ``/ws/live/?token=…`` (a viewer token; by default no subscription:
+every client gets every message, the worst case; ``--filters K`` spreads them over K
+function subscriptions), then publishes live messages the way the tap's publisher does
+under load (``monitoring.live.send_now``: encoded once, one Redis PUBLISH, fanned out by
+each web process): at 2,000 jobs/s the coalescer sends one ``job`` message per server
+every ``HQ_LIVE_INTERVAL_MS`` (500 ms) carrying the counts and the latest jobs of each
+function, whatever the job rate. Each message carries the time it was published
+(CLOCK_MONOTONIC, shared by every process here), so every client's receive time gives a
+publish → client latency.
 
 Prints: clients connected, publish → client p50/p95/p99 and messages missed over all
-clients, and the web tier's memory (RSS of the server's processes) idle, with the clients
-connected, and after the run. What it does not run: capture and ingest of real jobs
+clients, the web tier's memory (RSS of the server's processes) idle, with the clients
+connected, and after the run, and its CPU while publishing (also per delivered copy), with
+the load average around the run. What it does not run: capture and ingest of real jobs
 (``bench/live.py`` measures event → client with one client and the whole pipeline).
 
-    .venv/bin/python bench/ws_load.py [--clients 1000] [--seconds 20] [--server gunicorn]
+    REDIS_URL=redis://127.0.0.1:6379/9 .venv/bin/python bench/ws_load.py \
+        [--clients 1000] [--seconds 20] [--filters 4] [--server gunicorn] \
+        [--database-url postgres://postgres@127.0.0.1:5432/hq_bench_ws]
 """
 
 from __future__ import annotations
@@ -82,11 +87,16 @@ class Clients:
         self.connected = 0
         self.failed = 0
 
-    async def one(self, url: str, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    async def one(self, url: str, ready: asyncio.Event, stop: asyncio.Event,
+                  function: str | None = None) -> None:
         import websockets
 
         try:
             async with websockets.connect(url, open_timeout=60, max_size=2**22) as ws:
+                if function is not None:
+                    await ws.send(json.dumps({"subscribe": {"function": function}}))
+                    ack = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    assert ack.get("type") == "subscribed", ack
                 self.connected += 1
                 ready.set()
                 while not stop.is_set():
@@ -106,25 +116,30 @@ class Clients:
 
 
 async def publish(n: int, interval_s: float) -> None:
-    from channels.layers import get_channel_layer
-
+    """As the publisher thread does: each message encoded once, published once to Redis."""
     from monitoring import live
 
-    layer = get_channel_layer()
     for seq in range(n):
-        await layer.group_send(live.GROUP, {"type": live.EVENT_TYPE,
-                                            "message": job_message(seq, interval_s)})
+        live.send_now(job_message(seq, interval_s))
         await asyncio.sleep(interval_s)
 
 
-async def run(url: str, clients: int, seconds: float, interval_s: float, pgid: int
-              ) -> dict[str, float]:
+def client_filter(i: int, filters: int) -> str | None:
+    """Client ``i``'s function subscription: with ``filters`` = k, one client in k + 1 takes
+    everything and the others subscribe to one of k functions, round robin."""
+    slot = i % (filters + 1)
+    return None if slot == 0 else f"fn_{(slot - 1) % FUNCTIONS}"
+
+
+async def run(url: str, clients: int, seconds: float, interval_s: float, pgid: int,
+              filters: int = 0) -> dict[str, float]:
     c, stop = Clients(), asyncio.Event()
-    figures = {"rss_idle_mib": rss_mib(pgid)}
+    figures = {"rss_idle_mib": rss_mib(pgid), "load_before": os.getloadavg()[0]}
     started = time.monotonic()
     tasks = []
     for i in range(clients):  # in waves, as browsers would arrive, not one SYN flood
-        tasks.append(asyncio.create_task(c.one(url, asyncio.Event(), stop)))
+        tasks.append(asyncio.create_task(c.one(url, asyncio.Event(), stop,
+                                               client_filter(i, filters))))
         if i % 50 == 49:
             await asyncio.sleep(0.2)
     while c.connected + c.failed < clients and time.monotonic() - started < 120:
@@ -159,6 +174,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=20.0, help="of publishing")
     p.add_argument("--interval-ms", type=int, default=500, help="HQ_LIVE_INTERVAL_MS")
+    p.add_argument("--filters", type=int, default=0, choices=range(FUNCTIONS + 1),
+                   help="clients subscribe to one of this many functions (one in N+1 to "
+                        "none); 0 = no subscription, every client gets every message")
     return p.parse_args(argv)
 
 
@@ -181,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = start_server(procs, args.server, args.database_url)
         pgid = procs.procs[-1].pid
         url = f"ws://127.0.0.1:{port}/ws/live/?token={tok}"
-        f = asyncio.run(run(url, args.clients, args.seconds, args.interval_ms / 1000, pgid))
+        f = asyncio.run(run(url, args.clients, args.seconds, args.interval_ms / 1000, pgid,
+                            args.filters))
     print("\n| server | clients connected / failed | messages | delivered / missed | "
           "publish → client p50 / p95 / p99 ms | web RSS idle / connected / after MiB |")
     print("|---|---|---|---|---|---|")
@@ -189,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{f['delivered']:,.0f} / {f['missed']:,.0f} | {f['p50_ms']:.0f} / {f['p95_ms']:.0f} / "
           f"{f['p99_ms']:.0f} | {f['rss_idle_mib']:.0f} / {f['rss_connected_mib']:.0f} / "
           f"{f['rss_after_mib']:.0f} |")
+    per_copy_us = f["cpu_web_s"] / f["delivered"] * 1e6 if f["delivered"] else float("nan")
     print(f"(connected in {f['connect_s']:.1f} s; CPU while publishing: web tier "
-          f"{f['cpu_web_s']:.1f} s, this bench's clients and publisher {f['cpu_bench_s']:.1f} s)")
+          f"{f['cpu_web_s']:.1f} s = {per_copy_us:.0f} µs per delivered copy, this bench's "
+          f"clients and publisher {f['cpu_bench_s']:.1f} s; load average before "
+          f"{f['load_before']:.2f}, after {os.getloadavg()[0]:.2f})")
     return 0 if f["failed"] == 0 and f["missed"] == 0 else 1
 
 

@@ -10,10 +10,13 @@ Producers call plain functions that never raise and never block on Redis:
 Nothing is sent from the caller's thread. Job, queue and worker changes are folded into a
 :class:`Coalescer` (per server and function: how many changes, by new state, and the latest
 few jobs), and one background thread per process publishes at most one message of each
-kind per server every ``HQ_LIVE_INTERVAL_MS`` (leading edge, then at that pace), through
-the Redis channel layer to the group :data:`GROUP`. Thousands of job changes a second
-become two or three messages a second, however many clients listen; each client's
-consumer only filters what the group delivers (:func:`narrow`), with no database access.
+kind per server every ``HQ_LIVE_INTERVAL_MS`` (leading edge, then at that pace): each
+message is encoded once (:func:`encode`) and published once to the Redis pub/sub channel
+:func:`channel`. Thousands of job changes a second become two or three messages a second,
+however many clients listen. Each web process subscribes to that channel once and fans
+each message out to its own websockets in memory (``monitoring/fanout.py``): narrowed to
+each distinct subscription (:func:`narrow`) and encoded once per subscription, with no
+database access.
 
 A client that subscribes to an exact handle registers it in the Redis sorted set
 :data:`WATCH_KEY` (score = expiry); the coalescers always include jobs whose handle is
@@ -36,7 +39,6 @@ Message shapes (JSON, as the client receives them)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fnmatch
 import logging
@@ -49,15 +51,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 from django.conf import settings
+from redis.connection import parse_url
 
 log = logging.getLogger(__name__)
 
-#: the Channels group every live consumer joins
+#: the stream's name (part of its Redis pub/sub channel, :func:`channel`)
 GROUP = "live"
-#: the group message type; the consumer's handler is ``live_message``
-EVENT_TYPE = "live.message"
 #: Redis sorted set of watched handle patterns (score: expiry, epoch seconds)
 WATCH_KEY = "hq:live:watch"
 WATCH_TTL_S = 900
@@ -65,7 +67,6 @@ SAMPLES_PER_FUNCTION = 10
 SAMPLES_MAX = 300
 WATCHED_MAX = 500
 OUTBOX_MAX = 1000
-SEND_TIMEOUT_S = 2.0
 WATCH_REFRESH_S = 1.0
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -78,18 +79,38 @@ def _interval_s() -> float:
 # -- Redis (plain commands: the watch list; tap stats are in monitoring/taps.py) ------
 
 _redis_lock = threading.Lock()
-_redis_client: tuple[int, redis.Redis] | None = None
+_redis_client: tuple[int, str, redis.Redis] | None = None
 
 
 def redis_client() -> redis.Redis:
-    """A process-wide client (its pool is thread-safe); recreated after a fork."""
+    """A process-wide client of ``REDIS_URL`` (its pool is thread-safe); recreated after a
+    fork, or when the setting changes."""
     global _redis_client
+    url = settings.REDIS_URL
     with _redis_lock:
-        if _redis_client is None or _redis_client[0] != os.getpid():
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2,
-                                          socket_connect_timeout=2)
-            _redis_client = (os.getpid(), client)
-        return _redis_client[1]
+        if _redis_client is None or _redis_client[:2] != (os.getpid(), url):
+            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            _redis_client = (os.getpid(), url, client)
+        return _redis_client[2]
+
+
+def channel() -> str:
+    """The Redis pub/sub channel of the stream. Pub/sub ignores database numbers, so the
+    database of ``REDIS_URL`` is part of the name: two HQs sharing one Redis stay apart."""
+    db = parse_url(settings.REDIS_URL).get("db") or 0
+    return f"hq:live:{db}:{GROUP}"
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """A message as the client receives it (JSON, UTF-8). Values JSON cannot carry are
+    sent as their ``str()``."""
+    return orjson.dumps(message, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def send_now(message: Mapping[str, Any]) -> int:
+    """Publish ``message`` at once, from the calling thread (the publisher thread's last
+    step). Returns how many web processes received it; raises when Redis does not answer."""
+    return int(redis_client().publish(channel(), encode(message)))
 
 
 def watch_handle(handle: str, ttl_s: int = WATCH_TTL_S) -> None:
@@ -322,8 +343,7 @@ def _warn(msg: str, *args: object) -> None:
 
 
 class _Publisher:
-    """One daemon thread per process with its own event loop (so the channel layer keeps
-    one Redis connection), sending what the coalescer and the outbox hold."""
+    """One daemon thread per process, publishing what the coalescer and the outbox hold."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -341,20 +361,12 @@ class _Publisher:
             self.wake.notify()
 
     def _run(self) -> None:
-        from channels.layers import get_channel_layer
-
-        loop = asyncio.new_event_loop()
-        try:
-            layer = get_channel_layer()
-        except Exception as exc:  # no Django settings or no CHANNEL_LAYERS: count, drop
-            log.warning("live: no channel layer (%s); live messages are dropped", exc)
-            layer = None
         while True:
             try:
                 if self.coalescer.watches_due():
                     self._refresh_watches()
                 for message in self._next_messages():
-                    self._send(loop, layer, message)
+                    self._send(message)
             except Exception:  # the thread must outlive any bug in a message
                 _counters["errors"] += 1
                 log.exception("live publisher")
@@ -386,14 +398,9 @@ class _Publisher:
             _counters["errors"] += 1
             _warn("live: cannot read watched handles: %s", exc)
 
-    def _send(self, loop: asyncio.AbstractEventLoop, layer: Any, message: dict[str, Any]) -> None:
-        if layer is None:
-            _counters["dropped"] += 1
-            return
+    def _send(self, message: dict[str, Any]) -> None:
         try:
-            event = {"type": EVENT_TYPE, "message": message}
-            loop.run_until_complete(
-                asyncio.wait_for(layer.group_send(GROUP, event), SEND_TIMEOUT_S))
+            send_now(message)
             _counters["published"] += 1
         except Exception as exc:
             _counters["errors"] += 1

@@ -1,6 +1,7 @@
-"""``/ws/live/`` through the real ASGI application and the real Redis channel layer.
+"""``/ws/live/`` through the real ASGI application, the real publisher and the real Redis
+pub/sub fan-out (``monitoring/fanout.py``).
 
-Each test uses its own group name and server names, so concurrent runs (and a running HQ
+Each test uses its own stream name and server names, so concurrent runs (and a running HQ
 on the same Redis) cannot leak messages into it.
 """
 
@@ -14,18 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
-from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from hq.asgi import application
 from hq.models import ApiToken, Role
 from hq.services import ensure_user, issue_token
-from monitoring import live
+from monitoring import fanout, live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,13 +34,9 @@ QUIET = 1.5  # seconds of silence that prove a message was filtered (3 flush int
 @pytest.fixture(autouse=True)
 def group(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"live-test-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setattr(live, "GROUP", name)
-    # a fresh layer per test: each test runs its own event loop, and channels_redis keeps
-    # per-loop receive state on the layer instance
-    channel_layers.backends.clear()
+    monkeypatch.setattr(live, "GROUP", name)  # this test's own pub/sub channel
     yield name
     live.drain()
-    channel_layers.backends.clear()
     live.redis_client().zrem(live.WATCH_KEY, *WATCHED)
 
 
@@ -133,7 +127,7 @@ def test_user_without_viewer_role_closed_4403() -> None:
 def test_session_cookie_authenticates(server: str) -> None:
     user = ensure_user(f"web-{uuid.uuid4().hex[:8]}", Role.VIEWER)
     client = Client()
-    client.force_login(user)
+    client.force_login(user)  # type: ignore[arg-type]
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
 
     async def scenario() -> dict[str, Any]:
@@ -238,19 +232,12 @@ def test_bad_client_message_answers_an_error_and_keeps_the_connection(token: str
     async_to_sync(scenario)()
 
 
-def _blocking_reads_can_wait() -> bool:
-    """channels_redis waits for messages with BZPOPMIN (5 s); redis-py 8 made every socket
-    time out after 5 s unless the layer's host entry sets ``socket_timeout``."""
-    if int(redis.__version__.split(".")[0]) < 8:
-        return True
-    hosts = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
-    return all(isinstance(h, dict) and (h.get("socket_timeout") or 0) != 5
-               and "socket_timeout" in h for h in hosts)
+def test_an_idle_connection_stays_open(token: str, server: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle longer than the subscription's socket timeout and several of its pings (redis-py 8
+    times reads out after 5 s by default, which once dropped every idle websocket)."""
+    monkeypatch.setattr(fanout, "PING_S", 2.0)
 
-
-@pytest.mark.xfail(not _blocking_reads_can_wait(), strict=True,
-                   reason="CHANNEL_LAYERS hosts need socket_timeout > 5 with redis-py 8")
-def test_an_idle_connection_stays_open(token: str, server: str) -> None:
     async def scenario() -> dict[str, Any]:
         async with open_ws(f"/ws/live/?token={token}") as comm:
             await asyncio.sleep(live_idle_s())
@@ -261,7 +248,7 @@ def test_an_idle_connection_stays_open(token: str, server: str) -> None:
 
 
 def live_idle_s() -> float:
-    return 12.0  # longer than two blocking reads of the channel layer
+    return 7.0  # three pings, and longer than the read timeout
 
 
 # -- coalescing ----------------------------------------------------------------------------------
@@ -336,7 +323,7 @@ def test_coalescer_keeps_counts_and_the_latest_jobs() -> None:
 
 
 def test_narrow() -> None:
-    job = {"type": "job", "server": "s", "changed": 3, "truncated": False,
+    job: dict[str, Any] = {"type": "job", "server": "s", "changed": 3, "truncated": False,
            "functions": {"resize": {"changed": 2, "states": {}},
                          "mail": {"changed": 1, "states": {}}},
            "jobs": [row("s", "H:1", "resize"), row("s", "H:2", "mail")]}

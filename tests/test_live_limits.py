@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
 from hq.models import Role
@@ -21,7 +20,6 @@ def test_a_connection_may_name_at_most_the_cap() -> None:
     from hq.asgi import application
 
     token = issue_token(ensure_user(f"v-{uuid.uuid4().hex[:8]}", Role.VIEWER))
-    channel_layers.backends.clear()
 
     async def scenario() -> list[dict[str, object]]:
         ws = WebsocketCommunicator(application, f"/ws/live/?token={token}")
@@ -44,7 +42,6 @@ def test_a_connection_may_name_at_most_the_cap() -> None:
         return answers
 
     answers = async_to_sync(scenario)()
-    channel_layers.backends.clear()
     assert all(a["type"] == "subscribed" for a in answers[:SUBSCRIPTIONS_MAX])
     refused = answers[SUBSCRIPTIONS_MAX]
     assert refused["type"] == "error"
