@@ -110,6 +110,7 @@ class Conn:
     holding: set[str] = field(default_factory=set)  # handles this worker was assigned
     admin: AdminWatch = field(default_factory=AdminWatch)
     gaps: int = 0  # bytes were lost on this connection: its submits no longer pair up
+    last_created: float = float("-inf")  # capture time of the newest JOB_CREATED seen here
 
     def __post_init__(self) -> None:
         self.peer = note(self.key.peer, CONN_MAX)

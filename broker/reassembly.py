@@ -285,7 +285,7 @@ class TcpReassembler:
                 payload = payload[-rel:]
             self._emit(flow, half, from_peer, payload, ts)
             if half.heap:
-                self._drain(flow, half, from_peer, ts)
+                self._drain(flow, half, from_peer)
                 self._settle(flow, half, from_peer, ts)
         if half.fin is not None:
             self._check_fin(flow, half, ts)
@@ -309,11 +309,14 @@ class TcpReassembler:
         half.heap_bytes += len(payload)
         self.ooo_bytes += len(payload)
 
-    def _drain(self, flow: Flow, half: Half, from_peer: bool, ts: float) -> None:
-        """Deliver buffered segments that the stream has reached, trimming overlaps."""
+    def _drain(self, flow: Flow, half: Half, from_peer: bool) -> None:
+        """Deliver buffered segments that the stream has reached, trimming overlaps.
+
+        Each keeps its own capture time, not the time the hole before it was filled or
+        given up: the tracker compares it with the other direction's packets."""
         heap = half.heap
         while heap and heap[0][0] <= half.off:
-            start, payload, _arrival = heapq.heappop(heap)
+            start, payload, arrival = heapq.heappop(heap)
             half.heap_bytes -= len(payload)
             self.ooo_bytes -= len(payload)
             skip = half.off - start
@@ -324,7 +327,7 @@ class TcpReassembler:
             if skip:
                 self.retransmits += 1
                 payload = payload[skip:]
-            self._emit(flow, half, from_peer, payload, ts)
+            self._emit(flow, half, from_peer, payload, arrival)
 
     def _settle(self, flow: Flow, half: Half, from_peer: bool, ts: float) -> None:
         """Give up the holes that have waited past the buffer, segment or time bound."""
@@ -350,7 +353,7 @@ class TcpReassembler:
             self._sink.on_gap(flow.conn, from_peer, ts, lost)
             half.next = ((half.next or 0) + lost) & MASK
             half.off += lost
-        self._drain(flow, half, from_peer, ts)
+        self._drain(flow, half, from_peer)
 
     # -- bounding memory ------------------------------------------------------------------
 

@@ -76,8 +76,9 @@ PROGRESS_KIND: dict[int, str] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
 
 #: The tracker's counters (the Cleaner adds values_cleaned, bad_numbers, bad_epochs).
 COUNTERS = (
-    "packets", "events", "unmatched_created", "boots", "forged", "misdirected", "malformed",
-    "pending_unstored", "payloads_dropped", "jobs_evicted", "admin_overflow",
+    "packets", "events", "unmatched_created", "unmatched_submits", "boots", "forged",
+    "misdirected", "malformed", "pending_unstored", "payloads_dropped", "jobs_evicted",
+    "admin_overflow",
 )
 
 
@@ -179,7 +180,13 @@ class Tracker(BootTracking):
         ptype = pkt.type
         args = pkt.args
         if ptype in PRIORITY:
-            self._queue_submit(conn, self._submit(ptype, args, ts))
+            if conn.gaps and ts < conn.last_created:
+                # Held behind a capture hole while gearmand's answers went on: its
+                # JOB_CREATED (answers come in order) went by unmatched. Queued, it would
+                # be paired with a later job's.
+                self.counters["unmatched_submits"] += 1
+            else:
+                self._queue_submit(conn, self._submit(ptype, args, ts))
         elif ptype in FINISH_KIND:
             handle = self.clean.handle(args[0])
             if self._may_reply(conn, handle):
@@ -259,6 +266,7 @@ class Tracker(BootTracking):
                       priority, background, epoch, data, size, ts, why)
 
     def _created(self, conn: Conn, handle: str, ts: float) -> None:
+        conn.last_created = max(conn.last_created, ts)
         sub = self._next_submit(conn) if conn.pending else None
         if sub is None:
             self.counters["unmatched_created"] += 1

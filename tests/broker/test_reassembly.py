@@ -378,3 +378,24 @@ def test_byte_at_a_time_and_random_chunks_give_the_same_events() -> None:
     random_chunks = Replay().feed(data, [rng.randint(1, 3000) for _ in range(len(data))])
     assert by_byte == whole
     assert random_chunks.sink.events == whole
+
+
+# -- found by bench/faults.py ----------------------------------------------------------------
+
+
+def test_held_segments_are_delivered_with_their_own_capture_time() -> None:
+    """Bytes held behind a hole keep the time they were captured, whether the hole is
+    filled or given up: the tracker compares them with the other direction's."""
+    conv = pcapgen.Conversation()
+    data = payload_of(400)
+    a, b, c, d = segments(conv, True, data, [100, 200, 300])
+    writer = pcapgen.PcapWriter(step=0.1)
+    replay = run([*handshake(conv), a, c], writer=writer)
+    t_a, t_c = writer.ts - 0.1, writer.ts
+    replay.feed(pcapgen.record(t_c + 0.5, b))  # fills the hole
+    replay.feed(pcapgen.record(t_c + 0.6, conv.data(True, 400, b"after a lost d")))
+    replay.reassembler.tick(t_c + 5)  # d never comes
+    times = [e[4] for e in replay.sink.events if e[0] == "data"]
+    assert times == [pytest.approx(t, abs=1e-6) for t in (t_a, t_c + 0.5, t_c, t_c + 0.6)]
+    assert replay.sink.gaps() == [(True, 100)]
+    del d

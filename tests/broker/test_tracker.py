@@ -332,6 +332,40 @@ def test_created_without_a_pending_submit_emits_nothing() -> None:
         ("submitted", "H:lap:41", "next")]
 
 
+def test_a_submit_held_behind_a_hole_whose_answer_went_by_is_not_paired() -> None:
+    """After a hole in a connection's client→gearmand bytes, a submit captured before a
+    JOB_CREATED already seen there was answered by it (gearmand answers in order), though
+    delivered later: pairing it would give the next job its function and unique key."""
+    w = Wire()
+    tracker = w.tracker
+    client = w.open(5001, from_start=True)
+    w.submit(client, H1, ptype=T.SUBMIT_JOB_BG, unique=b"a")
+    tracker.gap(client)  # the capture lost the segment with the submit of H2...
+    tracker.packet(client, res(T.JOB_CREATED, H2.encode()), 1010.0, False)
+    # ...and held the next one behind that hole until after H2's JOB_CREATED went by
+    tracker.packet(client, req(T.SUBMIT_JOB_BG, FN, b"b", b""), 1005.0, True)
+    tracker.packet(client, req(T.SUBMIT_JOB_BG, FN, b"c", b""), 1011.0, True)
+    tracker.packet(client, res(T.JOB_CREATED, H3.encode()), 1012.0, False)
+    assert [(e.handle, e.unique) for e in w.of("submitted")] == [(H1, "a"), (H3, "c")]
+    assert tracker.counters["unmatched_submits"] == 1
+    assert tracker.counters["unmatched_created"] == 1
+
+
+def test_without_a_hole_capture_order_pairs_whatever_the_timestamps() -> None:
+    """Capture timestamps of the two directions may be out of order by microseconds (taken
+    on different CPUs); on a connection that lost nothing the order bytes come in is the
+    order on the wire, and it alone decides."""
+    w = Wire()
+    tracker = w.tracker
+    client = w.open(5001, from_start=True)
+    tracker.packet(client, req(T.SUBMIT_JOB_BG, FN, b"a", b""), 1001.0, True)
+    tracker.packet(client, res(T.JOB_CREATED, H1.encode()), 1002.0, False)
+    tracker.packet(client, req(T.SUBMIT_JOB_BG, FN, b"b", b""), 1001.9999, True)
+    tracker.packet(client, res(T.JOB_CREATED, H2.encode()), 1003.0, False)
+    assert [(e.handle, e.unique) for e in w.of("submitted")] == [(H1, "a"), (H2, "b")]
+    assert tracker.counters["unmatched_submits"] == 0
+
+
 def test_assignment_of_a_job_queued_before_the_capture() -> None:
     w = Wire()
     worker = w.open(5002)
