@@ -12,6 +12,11 @@ sink, through a shipper (:mod:`broker.shippers`). A sink that raises, is slow
 full queue drops the copy (reported to the sink as a gap so its parser resynchronises),
 never the traffic. :mod:`broker.launcher` runs proxies in one process or several.
 
+When gearmand closes a connection (EOF from upstream) the sink is told the connection
+ended, and nothing the peer sends after that is copied: gearmand never reads it (it does not
+half-close; later bytes get a reset), so a worker's answer to a job that died with a
+restarted gearmand must not reach the tracker. The half-close is still passed on.
+
 Flow control is end to end: if one side's write buffer passes a high-water mark, the proxy
 stops reading from the opposite side until it drains, so a slow reader never makes the
 proxy buffer unbounded memory; TCP back-pressure reaches the fast sender instead.
@@ -138,6 +143,7 @@ class _Pair:
         self.early: list[bytes] = []
         self.opened = False
         self.finished = False
+        self.reported = False  # the sink was told the connection ended
 
     def made(self, half: _Half) -> None:
         if half is self.down:
@@ -175,6 +181,8 @@ class _Pair:
         out = half.out
         if out is None:  # downstream EOF while upstream connects: pass it on when wired
             return half.from_peer
+        if not half.from_peer:
+            self.server_closed()
         if out.is_closing():
             return False
         if half.other.eof:
@@ -185,6 +193,14 @@ class _Pair:
             return True
         out.close()
         return False
+
+    def server_closed(self) -> None:
+        """gearmand closed its side: copy nothing more, and report the close now."""
+        if self.reported or self.conn is None:
+            return
+        self.reported = True
+        self.down.ship = self.up.ship = _no_ship
+        self.proxy.shipper.close(self.conn, _now())
 
     def lost(self, half: _Half, exc: Exception | None) -> None:
         """One side is gone: an error aborts the other, a clean close lets it flush."""
@@ -331,7 +347,7 @@ class Proxy:
         self.pairs.discard(pair)
         self.closed_from_peer += pair.down.nbytes
         self.closed_to_peer += pair.up.nbytes
-        if pair.opened and pair.conn is not None:
+        if pair.opened and pair.conn is not None and not pair.reported:
             self.shipper.close(pair.conn, time.time())
 
     def stats(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ _CONTROL = TH_SYN | TH_FIN | TH_RST
 STATS = (
     "segments", "bytes", "gaps", "lost_bytes", "out_of_order", "retransmits", "foreign",
     "flows_open", "flows_total", "flows_mid_stream", "flows_expired", "flows_unproven_expired",
-    "budget_gaps", "ooo_bytes", "flows_reversed",
+    "budget_gaps", "ooo_bytes", "flows_reversed", "bytes_after_close",
 )
 
 
@@ -50,6 +50,9 @@ class TcpReassembler:
     after ``unproven_timeout`` (2 min) idle and is evicted first at ``max_flows``; and a
     connection *initiated from* the server port (someone's own port 4730 to any port here)
     is ignored (``flows_reversed``), as its bytes would read as gearmand's replies.
+
+    gearmand closing a connection first ends the peer's stream where it had got to: what
+    the peer sends later never reached gearmand (``bytes_after_close``, not delivered).
     """
 
     def __init__(
@@ -82,11 +85,12 @@ class TcpReassembler:
         self._flows: dict[FlowKey, Flow] = {}
         self._next_sweep = float("-inf")
         self._reversed = RecentKeys()  # connections initiated from the server port
+        self._ended = RecentKeys()  # connections gearmand closed before the peer did
         # the counters of STATS (flows_open and ooo_bytes aside)
         self.segments = self.bytes = self.gaps = self.lost_bytes = self.out_of_order = 0
         self.retransmits = self.foreign = self.flows_total = self.flows_mid_stream = 0
         self.flows_expired = self.flows_unproven_expired = self.flows_reversed = 0
-        self.budget_gaps = 0
+        self.budget_gaps = self.bytes_after_close = 0
 
     @property
     def flows_open(self) -> int:
@@ -155,6 +159,11 @@ class TcpReassembler:
         if flow is None and key in self._reversed:
             self.foreign += 1
             return
+        if flow is None and key in self._ended:
+            if not flags & TH_SYN:
+                self.bytes_after_close += len(payload)  # gearmand had closed it
+                return
+            self._ended.discard(key)  # a new connection on the same ports
         if flags & TH_SYN:
             flow = self._syn(ts, key, from_peer, flow, seg)
             seq = (seq + 1) & MASK
@@ -238,6 +247,22 @@ class TcpReassembler:
             half.heap_bytes = 0
             if flow.peer.done and flow.server.done:
                 self._close(flow, ts)
+            elif half is flow.server:
+                self._server_closed(flow, ts)
+
+    def _server_closed(self, flow: Flow, ts: float) -> None:
+        """gearmand closed the connection first: end the peer's stream where it had got to
+        (the furthest byte seen), so a worker's answer sent after gearmand was gone (a
+        restart) is never delivered; close the flow once the peer's stream reaches it."""
+        self._ended.add(flow.key)
+        peer = flow.peer
+        end = peer.reached()
+        if end is None:
+            self._close(flow, ts)
+            return
+        if peer.fin is None or seq_delta(end, peer.fin) < 0:
+            peer.fin = end
+        self._check_fin(flow, peer, ts)
 
     def _finish(self, flow: Flow, ts: float) -> None:
         """Close a flow now: deliver what is buffered (reporting its holes) first."""
@@ -271,6 +296,13 @@ class TcpReassembler:
             return
         if half.next is None:
             half.next = seq  # first bytes seen of a direction joined mid-stream
+        if half.fin is not None and seq_delta(half.fin, seq) < len(payload):
+            # bytes past the end of the stream (the peer's, after gearmand closed)
+            room = max(seq_delta(half.fin, seq), 0)
+            self.bytes_after_close += len(payload) - room
+            payload = payload[:room]
+            if not payload:
+                return
         rel = seq_delta(seq, half.next)
         if rel > 0:
             self.out_of_order += 1

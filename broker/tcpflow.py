@@ -39,6 +39,13 @@ class Half:
         self.hole_ts = 0.0
         self.off = 0
 
+    def reached(self) -> int | None:
+        """The sequence number just past the furthest byte seen, delivered or buffered."""
+        if self.next is None or not self.heap:
+            return self.next
+        furthest = max(start + len(payload) for start, payload, _arrival in self.heap)
+        return (self.next + furthest - self.off) & MASK
+
 
 class Flow:
     __slots__ = ("closed", "conn", "key", "last_ts", "peer", "server")

@@ -3,7 +3,9 @@ real pipeline (PcapStream → TcpDecoder → TcpReassembler → TapSink → Trac
 
 - a segment the capture lost holds one direction back behind a hole while the other flows
   on: the held bytes must keep their own capture time, and a submit whose JOB_CREATED
-  already went by must not be paired with a later one.
+  already went by must not be paired with a later one;
+- gearmand closes a connection (a restart) while a worker still holds a job: the worker's
+  later answer never reached gearmand and must not be believed.
 """
 
 from __future__ import annotations
@@ -123,3 +125,30 @@ def test_a_lost_submit_segment_never_pairs_later_jobs_with_older_submits() -> No
         assert sorted(number(e) for e in events if e.kind == kind) == list(range(1, jobs + 1))
     started = [e for e in events if e.kind == "started"]
     assert all(e.unique == f"u-{number(e)}" for e in started)
+
+
+def test_an_answer_sent_after_gearmand_closed_the_connection_is_not_believed() -> None:
+    """gearmand restarts while a worker (paused) holds a job: gearmand's FIN reaches the
+    worker first, its WORK_COMPLETE 2 s later never reached gearmand. The job died with
+    that gearmand; HQ must not record it completed."""
+    client = Side(pcapgen.Conversation(peer_port=40000))
+    worker = Side(pcapgen.Conversation(peer_port=40001))
+    client.handshake(BASE)
+    worker.handshake(BASE)
+    worker.packet(BASE + 0.1, req(T.CAN_DO, FN))
+    client.packet(BASE + 0.2, req(T.SUBMIT_JOB_BG, FN, b"u-1", b"p"))
+    client.packet(BASE + 0.201, res(T.JOB_CREATED, handle(1).encode()))
+    worker.packet(BASE + 0.3, res(T.JOB_ASSIGN_UNIQ, handle(1).encode(), FN, b"u-1", b"p"))
+    closed_at = BASE + 1.0  # gearmand stops: it closes every connection
+    client.fin(closed_at, from_peer=False)
+    worker.fin(closed_at, from_peer=False)
+    worker.packet(BASE + 3.0, req(T.WORK_COMPLETE, handle(1).encode(), b"too late"))
+    worker.fin(BASE + 3.0001, from_peer=True)
+    client.fin(BASE + 3.0002, from_peer=True)
+    events, reassembler = replay([client, worker], until=BASE + 10)
+    assert [(e.kind, e.ts) for e in events] == [
+        ("submitted", at(BASE + 0.2)), ("started", at(BASE + 0.3)),
+        ("worker_lost", at(closed_at))]
+    assert reassembler.bytes_after_close == len(
+        req(T.WORK_COMPLETE, handle(1).encode(), b"too late").to_bytes())
+    assert reassembler.flows_open == 0

@@ -341,3 +341,37 @@ def test_run_proxy_with_two_processes(gearmand: Gearmand) -> None:
         if parent.is_alive():
             parent.kill()
             parent.join()
+
+
+def test_answer_after_gearmand_closed_is_not_copied(gearmand: Gearmand, ship: ShipMode) -> None:
+    """A worker holds a job when gearmand stops (a restart) and answers afterwards: the
+    proxy still passes the bytes on (gearmand resets them), but the tracker hears that the
+    connection ended when gearmand closed it and never sees the answer, so the job is not
+    recorded completed (found by bench/faults.py)."""
+    from broker.protocol import PacketType as T
+    from broker.tap import make_tap
+    from broker.tracker import Event
+
+    events: list[Event] = []
+    p = ProxyThread(gearmand.port, make_tap(events.append, boot="1"), ship=ship)
+    try:
+        with socket.create_connection((HOST, p.port), timeout=5) as worker, \
+                socket.create_connection((HOST, p.port), timeout=5) as client:
+            worker.sendall(req(CAN_DO, b"fault"))
+            client.sendall(req(T.SUBMIT_JOB_BG, b"fault", b"u-1", b"payload"))
+            handle = read_packet(client)[12:]
+            worker.sendall(req(T.GRAB_JOB_UNIQ))
+            assigned = read_packet(worker)
+            assert struct.unpack(">I", assigned[4:8])[0] == T.JOB_ASSIGN_UNIQ
+            assert wait_until(lambda: [e.kind for e in events] == ["submitted", "started"])
+            gearmand.stop()
+            assert closed_by_other_end(worker)
+            worker.sendall(req(T.WORK_COMPLETE, handle, b"too late"))
+        # the pairs end once the proxy forwarded the answer (gearmand resets it)
+        assert wait_until(lambda: p.stats()["active"] == 0)
+        assert wait_until(lambda: "worker_lost" in [e.kind for e in events])
+        assert [(e.kind, e.handle) for e in events] == [
+            ("submitted", handle.decode()), ("started", handle.decode()),
+            ("worker_lost", handle.decode())]
+    finally:
+        p.stop()

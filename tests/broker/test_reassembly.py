@@ -399,3 +399,42 @@ def test_held_segments_are_delivered_with_their_own_capture_time() -> None:
     assert times == [pytest.approx(t, abs=1e-6) for t in (t_a, t_c + 0.5, t_c, t_c + 0.6)]
     assert replay.sink.gaps() == [(True, 100)]
     del d
+
+
+def test_peer_bytes_after_gearmand_closed_are_not_delivered() -> None:
+    """gearmand's FIN first: the connection is over for the tracker at once, and what the
+    peer sends after it (gearmand never reads it) is counted, not delivered."""
+    conv = pcapgen.Conversation()
+    frames = [
+        *handshake(conv),
+        conv.data(True, 0, b"request"),
+        conv.data(False, 0, b"reply"),
+        conv.fin(False, 5),
+        conv.data(True, 7, b"late answer"),
+        conv.fin(True, 18),
+    ]
+    replay = run(frames)
+    sink = replay.sink
+    assert sink.kinds() == ["open", "data", "close"]
+    assert sink.stream(True) == b"request" and sink.stream(False) == b"reply"
+    assert replay.reassembler.bytes_after_close == len(b"late answer")
+    assert replay.reassembler.flows_open == 0
+    # the same ports again, a new connection: seen like any other
+    again = pcapgen.Conversation(peer_isn=77_000)
+    later = [again.syn(), again.syn_ack(), again.data(True, 0, b"hello")]
+    replay.feed(b"".join(pcapgen.record(1_700_000_010.0 + i, f) for i, f in enumerate(later)))
+    assert sink.kinds()[-3:] == ["close", "open", "data"]
+    assert sink.stream(True).endswith(b"hello")
+
+
+def test_gearmand_closing_first_still_waits_for_the_peer_bytes_before_it() -> None:
+    """Bytes the peer sent before gearmand's FIN and held behind a hole are delivered
+    (gearmand read them); bytes beyond what the peer had sent by then are not."""
+    conv = pcapgen.Conversation()
+    data = payload_of(300)
+    a, b, c = segments(conv, True, data, [100, 200])
+    frames = [*handshake(conv), a, c, conv.fin(False, 0), conv.data(True, 300, b"late"), b]
+    replay = run(frames)
+    assert replay.sink.stream(True) == data
+    assert replay.sink.kinds() == ["open", "data", "close"]
+    assert replay.reassembler.bytes_after_close == 4
