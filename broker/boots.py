@@ -5,13 +5,18 @@ restarts, so HQ starts a new boot when the pid watcher reports a new pid
 (:meth:`BootTracking.set_boot`), or earlier, when the handle counter goes back or a handle
 comes back for a job that cannot be the same one. Then every job of the old boot is
 ``lost``.
+
+A JOB_CREATED names jobs in the order gearmand made them; an assignment does not (a job
+queued long ago, or before HQ was watching, may be handed out any time), so an assignment
+starts a boot only on evidence that its handle was already used for another job
+(:meth:`BootTracking._check_assigned`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from .jobstate import Conn, Job, Submit
+from .jobstate import Conn, Job
 from .limits import FINISHED_MEMORY, PID_MAX
 from .stream import ConnKey
 from .values import note
@@ -36,6 +41,7 @@ class BootTracking:
         self._generation = 0
         self.boot = boot
         self._max_handle = 0
+        self._min_handle: int | None = None  # the lowest handle created in this boot
         self._jobs: dict[str, Job] = {}
         # handle -> (function, unique) of jobs that ended, to tell a late duplicate of
         # their last packet from a new job that reuses the handle after a restart
@@ -83,8 +89,27 @@ class BootTracking:
             self._restarted(ts, "gearmand restarted (handle counter went back)")
             top = 0
         self._max_handle = max(top, number)
+        if self._min_handle is None or number < self._min_handle:
+            self._min_handle = number
 
-    def _reused(self, handle: str, sub: Submit) -> bool:
+    def _check_assigned(self, handle: str, function: str, unique: str | None,
+                        ts: float) -> None:
+        """gearmand assigns a job HQ does not follow: a new boot whose first job reached a
+        worker before its JOB_CREATED was seen, or an old job (queued before HQ watched,
+        or whose JOB_CREATED went unmatched). Only a handle known to have been used already
+        says restart: one this boot finished with another function or unique key, or one
+        at the counter's start (1, 2) below the handles seen since HQ saw this boot's first
+        ones. (How far a handle lies below the counter says nothing here: a backlog is
+        handed out long after it was created.)"""
+        number = handle_number(handle)
+        low = self._min_handle
+        if (number is not None and low is not None and low <= number <= 2
+                and self._max_handle > 50):
+            self._restarted(ts, "gearmand restarted (handle counter went back)")
+        elif handle in self._finished and self._reused(handle, function, unique):
+            self._restarted(ts, "gearmand restarted (a handle came back for another job)")
+
+    def _reused(self, handle: str, function: str, unique: str | None) -> bool:
         """A handle HQ knows, returned for a job that cannot be the same one: gearmand
         coalesces only the same function with the same (non-empty) unique key, so another
         function or another unique means its handle counter started over."""
@@ -96,8 +121,9 @@ class BootTracking:
             known = self._finished[handle]
         if known is None or known[0] is None:
             return False
-        function, unique = known
-        return function != sub.function or bool(unique and sub.unique and unique != sub.unique)
+        was_function, was_unique = known
+        return was_function != function or bool(
+            was_unique and unique and was_unique != unique)
 
     def _restarted(self, ts: float, why: str) -> None:
         """gearmand restarted and its pid is not known yet: a numbered boot of the old
@@ -116,4 +142,5 @@ class BootTracking:
             conn.waiting.clear()
         self._finished.clear()
         self._max_handle = 0
+        self._min_handle = None
         self.counters["boots"] += 1

@@ -272,7 +272,7 @@ class Tracker(BootTracking):
             self.counters["unmatched_created"] += 1
             return
         self._check_counter(handle, ts)
-        if not conn.gaps and self._reused(handle, sub):
+        if not conn.gaps and self._reused(handle, sub.function, sub.unique):
             self._restarted(ts, "gearmand restarted (a handle came back for another job)")
         job = self._jobs.get(handle)
         if not sub.background and job is not None:
@@ -308,7 +308,9 @@ class Tracker(BootTracking):
         unique = self.clean.name(args[2], UNIQUE_MAX) if pkt.type != T.JOB_ASSIGN else None
         job = self._jobs.get(handle)
         if job is None:
-            # Queued before the capture began: record what the assignment tells us.
+            self._check_assigned(handle, function, unique, ts)
+            # Queued before the capture began (or the first job of a new boot): record
+            # what the assignment tells us.
             job = self._new_job(handle, Job(function, None, unique))
             self._finished.pop(handle, None)
         elif job.holder is not None and job.holder != conn.key:
