@@ -159,6 +159,11 @@ class Job(models.Model):
             return None
         return max(self.submitted_at - self.scheduled_for, timedelta(0))
 
+    @property
+    def late_ms(self) -> int | None:
+        late = self.late_by
+        return None if late is None else int(late.total_seconds() * 1000)
+
     def retry_refusal(self, *, redacted: bool) -> str | None:
         """Why this job cannot be retried, or None when it can. ``redacted``: its
         function is in ``HQ_REDACT`` (the payload was never stored)."""

@@ -6,18 +6,35 @@ template tags. Every page needs a signed-in user with at least the viewer role.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
 
-from hq.errors import InvalidInput, NotFound
-from hq.web import HtmxHttpRequest, is_fragment, render_page, viewer_required
+from hq.errors import HQError, InvalidInput, NotFound
+from hq.models import Role
+from hq.roles import has_role
+from hq.web import HtmxHttpRequest, is_fragment, render_page, role_required, viewer_required
 
-from .models import State
-from .redaction import may_see_payloads, withheld
-from .selectors import exact_job, get_job, job_events, newest_page, search_jobs, server_names
+from . import services
+from .forms import SubmitJobForm
+from .models import Job, State
+from .redaction import is_redacted, may_see_payloads, withheld
+from .selectors import (
+    exact_job,
+    get_job,
+    job_events,
+    known_functions,
+    newest_page,
+    search_jobs,
+    server_names,
+)
+
+OPERATORS_ONLY = "Only operators and admins may act on jobs."
 
 PAGE_SIZE = 50
 
@@ -41,12 +58,13 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
         context["error"], status = exc, 400
     if not partial:
         context.update(states=State.choices, filtered=_has_filters(params),
-                       servers=server_names())
+                       servers=server_names(), scheduled_only=params.get("state") == "scheduled")
     return render_page(request, "jobs/list.html", "jobs/_results.html", context, status=status)
 
 
 def _has_filters(params: Mapping[str, str]) -> bool:
-    names = ("state", "function", "server", "worker", "submitted_after", "submitted_before")
+    names = ("state", "function", "server", "worker", "submitted_after", "submitted_before",
+             "retry_of")
     return any(params.get(name, "").strip() for name in names)
 
 
@@ -57,5 +75,78 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     except NotFound as exc:
         raise Http404(exc.message) from None
     context = {"job": job, "events": list(job_events(job)),
-               "withheld": withheld(job.function, request.user)}
+               "withheld": withheld(job.function, request.user),
+               "retries": list(Job.objects.filter(retry_of=job.pk).order_by("id")
+                               .values_list("id", "state")),
+               "can_operate": has_role(request.user, Role.OPERATOR),
+               "retry_refusal": job.retry_refusal(redacted=is_redacted(job.function)),
+               "cancel_refusal": job.cancel_refusal() if job.state != State.CANCELLED
+               else "it is already cancelled",
+               "action_key": uuid.uuid4().hex, "now": timezone.now()}
     return render(request, "jobs/detail.html", context)
+
+
+@require_POST
+@role_required(Role.OPERATOR, OPERATORS_ONLY)
+def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    key = request.POST.get("action_key", "")[:64]
+    try:
+        job = services.retry(job_id=pk, user=request.user, via="ui",
+                             idempotency_key=f"ui-retry:{key}" if key else "")
+    except HQError as exc:
+        if isinstance(exc, NotFound):
+            raise Http404(exc.message) from None
+        messages.error(request, exc.message)
+        return redirect("job-detail", pk=pk)
+    messages.success(request, f"Retried job #{pk} as job #{job.pk}.")
+    return redirect("job-detail", pk=job.pk)
+
+
+@require_POST
+@role_required(Role.OPERATOR, OPERATORS_ONLY)
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.cancel(job_id=pk, user=request.user, via="ui")
+    except HQError as exc:
+        if isinstance(exc, NotFound):
+            raise Http404(exc.message) from None
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Job #{pk} is cancelled.")
+    return redirect("job-detail", pk=pk)
+
+
+@role_required(Role.OPERATOR, OPERATORS_ONLY)
+def job_submit(request: HttpRequest) -> HttpResponse:
+    form = SubmitJobForm(request.POST or None, request.FILES or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                done = services.submit(
+                    function=data["function"], payload=data["payload_bytes"],
+                    unique=data["unique"], priority=data["priority"],
+                    background=data["mode"] == "background", run_at=data["run_at"],
+                    wait_s=form.wait_s(), user=request.user, via="ui",
+                    idempotency_key=f"ui-submit:{request.POST.get('action_key', '')[:64]}"
+                    if request.POST.get("action_key") else "")
+            except HQError as exc:
+                form.add_error(None, exc.message)
+                for field, errors in (exc.fields or {}).items():
+                    if field in form.fields:
+                        for error in errors:
+                            form.add_error(field, error)
+                status = exc.status
+            else:
+                job = done.job
+                if job.state == State.SCHEDULED:
+                    messages.success(request, f"Job #{job.pk} will be submitted at "
+                                              f"{job.scheduled_for:%Y-%m-%d %H:%M:%S} UTC.")
+                else:
+                    messages.success(request, f"Submitted job #{job.pk} ({job.handle}).")
+                return redirect("job-detail", pk=job.pk)
+        else:
+            status = 400
+    context = {"form": form, "functions": known_functions(), "action_key": uuid.uuid4().hex}
+    return render(request, "jobs/submit.html", context, status=status)
