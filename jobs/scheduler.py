@@ -15,19 +15,55 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.db import transaction
 from django.utils import timezone
 
+from hq import audit
 from hq.errors import Unavailable
 
 from . import services
+from .models import Job, State
 
 log = logging.getLogger(__name__)
 
 #: one tick submits at most this many jobs, for at most this long (the rest at the next)
 TICK_MAX_JOBS = 2000
 TICK_MAX_S = 10.0
+
+
+def submit_one_due(*, now: datetime) -> Job | None:
+    """Claim the most overdue job HQ holds (``FOR UPDATE SKIP LOCKED``: another scheduler
+    takes another) and submit it, in one transaction; None when nothing is due. The lock is
+    held while gearmand is asked (bounded by the client's timeouts), so the job is
+    submitted by one scheduler only; Unavailable (503) when no gearmand accepts it, and
+    the job stays scheduled."""
+    with transaction.atomic():
+        job = (Job.objects.select_for_update(skip_locked=True)
+               .filter(boot__isnull=True, handle="", state=State.SCHEDULED,
+                       scheduled_for__lte=now)
+               .order_by("scheduled_for", "id").first())
+        if job is None:
+            return None
+        payload = job.payload
+        data = payload.encode() if isinstance(payload, str) else (payload or b"")
+        conn, handle = services.send(job.function, data, unique=job.unique,
+                                     priority=job.priority or "normal", background=True)
+        try:
+            job.server = services.server_row(conn.server)
+            job.handle, job.state, job.clients = handle, State.QUEUED, 1
+            job.submitted_at = job.updated_at = timezone.now()
+            job.save(update_fields=["server", "handle", "state", "clients", "submitted_at",
+                                    "updated_at"])
+            late = job.late_by or timedelta(0)
+            audit.record(user=None, via="system", action="submit_scheduled",
+                         target=f"job {job.pk}",
+                         detail={"result": "ok", "handle": handle, "server": conn.server.name,
+                                 "late_s": round(late.total_seconds(), 3)})
+        finally:
+            conn.close()
+    return job
 
 
 @dataclass
@@ -49,7 +85,7 @@ def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
     stop_at = time.monotonic() + max_s
     while tick.submitted < max_jobs and time.monotonic() < stop_at:
         try:
-            job = services.submit_one_due(now=now)
+            job = submit_one_due(now=now)
         except Unavailable as exc:  # every gearmand refused: the jobs stay due
             tick.gearmand_down = exc.message
             log.warning("scheduled jobs wait: %s", exc.message)

@@ -154,7 +154,7 @@ def gearman_servers() -> list[ServerAddress]:
     return servers
 
 
-def _send(function: str, payload: bytes, *, unique: str, priority: str,
+def send(function: str, payload: bytes, *, unique: str, priority: str,
           background: bool) -> tuple[SubmitConnection, str]:
     """Submit to a healthy gearmand, the next one when one is down (each submit starts at
     the next server, which spreads them); 503 when none acknowledged."""
@@ -267,7 +267,7 @@ def _submit_now(*, function: str, payload: bytes, unique: str, priority: str,
     """Send the job, then write HQ's row for it (only once gearmand acknowledged it), in
     one transaction; the caller closes the returned connection."""
     with transaction.atomic():
-        conn, handle = _send(function, payload, unique=unique, priority=priority,
+        conn, handle = send(function, payload, unique=unique, priority=priority,
                              background=background)
         try:
             job = Job.objects.create(
@@ -365,42 +365,6 @@ def cancel(*, job_id: int, user: User, via: str, now: datetime | None = None) ->
         audit.record_refusal(user=user, via=via, action="cancel", target=f"job {job_id}",
                              reason=exc.message, code=exc.code)
         raise
-    return job
-
-
-# -- scheduled jobs whose time came ---------------------------------------------------------------
-
-
-def submit_one_due(*, now: datetime) -> Job | None:
-    """Claim the most overdue job HQ holds (``FOR UPDATE SKIP LOCKED``: another scheduler
-    takes another) and submit it, in one transaction; None when nothing is due. The lock is
-    held while gearmand is asked (bounded by the client's timeouts), so the job is
-    submitted by one scheduler only; 503 (Unavailable) when no gearmand accepts it, and the
-    job stays scheduled."""
-    with transaction.atomic():
-        job = (Job.objects.select_for_update(skip_locked=True)
-               .filter(boot__isnull=True, handle="", state=State.SCHEDULED,
-                       scheduled_for__lte=now)
-               .order_by("scheduled_for", "id").first())
-        if job is None:
-            return None
-        payload = job.payload
-        data = payload.encode() if isinstance(payload, str) else (payload or b"")
-        conn, handle = _send(job.function, data, unique=job.unique,
-                             priority=job.priority or "normal", background=True)
-        try:
-            job.server = server_row(conn.server)
-            job.handle, job.state, job.clients = handle, State.QUEUED, 1
-            job.submitted_at = job.updated_at = timezone.now()
-            job.save(update_fields=["server", "handle", "state", "clients", "submitted_at",
-                                    "updated_at"])
-            late = job.late_by or timedelta(0)
-            audit.record(user=None, via="system", action="submit_scheduled",
-                         target=f"job {job.pk}",
-                         detail={"result": "ok", "handle": handle, "server": conn.server.name,
-                                 "late_s": round(late.total_seconds(), 3)})
-        finally:
-            conn.close()
     return job
 
 
