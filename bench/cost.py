@@ -1,0 +1,439 @@
+"""What does HQ spend, in CPU, to record one job, next to what gearmand spends running it?
+
+Starts a Postgres and a Redis of its own (so every process of that cluster is HQ's), then
+for each tap mode (capture, proxy): a private gearmand, the tap (`manage.py
+gearman_capture` / `gearman_proxy`, as `make run` starts it), and for each workload PHP
+clients (php-gearman) submitting as fast as they can to PHP workers:
+
+  bg   background jobs (doBackground) from --clients clients to --workers workers
+  fg   foreground jobs (doNormal) from --fg-clients sequential clients
+
+CPU seconds (user + system, from /proc/<pid>/stat; children reaped inside the window
+included) are read for every process before the first submit and again once every job is
+recorded in Postgres (state completed, counted per run's unique function name), and split
+by process: the tap and its children (in proxy mode the forwarding process and its decoding
+child), tcpdump, the Postgres cluster (postmaster, backends, WAL writer, checkpointer,
+autovacuum), Redis, and gearmand itself. Printed per job in µs, with HQ's total over
+gearmand's (the target of issue 13 is ≤ 1.0×). The web tier and Celery are not started
+here: they take no part in recording a job.
+
+    .venv/bin/python bench/cost.py                         # capture+proxy, bg+fg, 25k jobs
+    .venv/bin/python bench/cost.py --modes capture --kinds bg --jobs 20000 --reps 2
+    .venv/bin/python bench/cost.py --json var/bench-cost.json
+
+Needs root for capture mode (tcpdump). A benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # bench/ is a directory of scripts, not a package
+    PROJECT_DIR,
+    AdminConn,
+    BenchError,
+    PrivatePostgres,
+    Proc,
+    ProcessSet,
+    count_jobs,
+    descendants,
+    free_port,
+    machine_info,
+    median,
+    prepare_database,
+    process_set,
+    raise_on_termination_signals,
+    start_gearmand,
+    start_redis,
+    wait_for_drain,
+    wait_for_port,
+    wait_for_workers,
+)
+from tap import collect_clients, php, start_workers
+
+HOST = "127.0.0.1"
+MODES = ("capture", "proxy")
+KINDS = ("bg", "fg")
+READY = {"capture": "HQ capture ready", "proxy": "watching gearmand"}
+#: the rows of the table, in order; "hq" is the sum of the first four
+ROLES = ("tap", "tcpdump", "postgres", "redis", "gearmand")
+HQ_ROLES = ("tap", "tcpdump", "postgres", "redis")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Config:
+    modes: list[str]
+    kinds: list[str]
+    jobs: int
+    clients: int
+    workers: int
+    fg_clients: int
+    reps: int
+    record_timeout_s: float
+    json_path: Path | None
+    keep_logs: Path | None
+    tap_env: dict[str, str]
+
+
+@dataclass
+class Measure:
+    """One workload in one mode: CPU seconds per process role over the window."""
+
+    mode: str
+    kind: str
+    rep: int
+    function: str
+    jobs: int
+    ok: int = 0
+    wall_s: float = 0.0
+    record_s: float = 0.0  # from the last job done in gearmand to the last job recorded
+    recorded: int = 0
+    completed: int = 0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    loadavg: float = 0.0
+    error: str | None = None
+
+    def per_job_us(self, role: str) -> float:
+        return self.cpu_s.get(role, 0.0) / max(self.ok, 1) * 1e6
+
+    @property
+    def hq_us(self) -> float:
+        return sum(self.per_job_us(r) for r in HQ_ROLES)
+
+    @property
+    def ratio(self) -> float:
+        gm = self.per_job_us("gearmand")
+        return self.hq_us / gm if gm else float("nan")
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(command name, CPU ticks of the process and of its reaped children)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return name, sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+
+
+@dataclass
+class Roots:
+    """The processes whose CPU is counted, by role (each with its descendants)."""
+
+    tap: int
+    gearmand: int
+    postmaster: int
+    redis: int
+
+    def snapshot(self) -> dict[int, tuple[str, int]]:
+        """pid → (role, CPU ticks) of every process of every role, now."""
+        out: dict[int, tuple[str, int]] = {}
+        for role, root in (("gearmand", self.gearmand), ("postgres", self.postmaster),
+                           ("redis", self.redis), ("tap", self.tap)):
+            for pid in (root, *descendants(root)):
+                stat = _stat(pid)
+                if stat is None:
+                    continue
+                name, ticks = stat
+                out[pid] = ("tcpdump" if role == "tap" and name == "tcpdump" else role, ticks)
+        return out
+
+
+def cpu_delta(before: dict[int, tuple[str, int]],
+              after: dict[int, tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds per role between two snapshots (a process started meanwhile counts
+    whole; one that ended was reaped into its parent's cutime/cstime)."""
+    out = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, ticks) in after.items():
+        was = before.get(pid)
+        out[role] += (ticks - (was[1] if was else 0)) / TICKS
+    return out
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass
+class Services:
+    pg: PrivatePostgres
+    db_url: str
+    redis: Proc
+    redis_url: str
+    procs: ProcessSet
+
+
+def postmaster_pid(pg: PrivatePostgres) -> int:
+    return int((pg.data / "postmaster.pid").read_text().split()[0])
+
+
+@contextlib.contextmanager
+def private_services() -> Iterator[Services]:
+    with contextlib.ExitStack() as stack:
+        pg = PrivatePostgres()
+        stack.callback(pg.destroy)
+        pg.init()
+        pg.start()
+        db_url = pg.url("gearman_hq_cost")
+        print(f"private Postgres on 127.0.0.1:{pg.port}; migrating", flush=True)
+        prepare_database(db_url, migrate=True)
+        procs = stack.enter_context(process_set())
+        port = free_port()
+        redis = start_redis(procs, port)
+        yield Services(pg, db_url, redis, f"redis://127.0.0.1:{port}/0", procs)
+
+
+# --------------------------------------------------------------------------- one mode
+
+
+def tap_argv(mode: str, gport: int, cport: int, server: str) -> list[str]:
+    py = [sys.executable, "manage.py"]
+    if mode == "capture":
+        return [*py, "gearman_capture", "--interface", "lo", "--port", str(gport),
+                "--server", server]
+    return [*py, "gearman_proxy", "--listen", f"{HOST}:{cport}", "--upstream",
+            f"{HOST}:{gport}", "--server", server]
+
+
+def start_tap(procs: ProcessSet, cfg: Config, svc: Services, mode: str, gport: int,
+              cport: int, server: str) -> Proc:
+    env = {"DATABASE_URL": svc.db_url, "REDIS_URL": svc.redis_url,
+           "HQ_SPOOL_DIR": str(procs.workdir / "spool"), "HQ_LOG_LEVEL": "INFO",
+           "PYTHONUNBUFFERED": "1", **cfg.tap_env}
+    tap = procs.spawn(f"tap-{mode}", tap_argv(mode, gport, cport, server), env=env,
+                      cwd=PROJECT_DIR)
+    deadline = time.monotonic() + 60
+    while READY[mode] not in tap.output(200_000):
+        if not tap.alive():
+            raise BenchError(f"the tap exited at start ({tap.popen.returncode}):\n"
+                             f"{tap.output(3000)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"the tap is not ready after 60 s:\n{tap.output(3000)}")
+        time.sleep(0.05)
+    if mode == "proxy":
+        wait_for_port(HOST, cport, 30.0, tap)
+    time.sleep(1.0)  # let start-up work (Django, first poll) finish outside the window
+    return tap
+
+
+def wait_recorded(db_url: str, m: Measure, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = count_jobs(db_url, [m.function])
+        if isinstance(counts, str):
+            raise BenchError(counts)
+        m.recorded, m.completed = counts.get(m.function, (0, 0))
+        if m.completed >= m.ok or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+def run_workload(procs: ProcessSet, cfg: Config, svc: Services, roots: Roots, m: Measure,
+                 ports: tuple[int, int]) -> None:
+    cport, gport = ports
+    workers = start_workers(procs, cport, m.function, cfg.workers)
+    with AdminConn(HOST, gport) as admin:
+        wait_for_workers(admin, m.function, cfg.workers, 15.0, workers)
+        n = cfg.clients if m.kind == "bg" else cfg.fg_clients
+        shares = [m.jobs // n + (i < m.jobs % n) for i in range(n)]
+        before = roots.snapshot()
+        started = time.monotonic()
+        if m.kind == "bg":
+            argv = [php("client_bg.php", HOST, cport, m.function, k, i)
+                    for i, k in enumerate(shares)]
+        else:
+            argv = [php("client_fg.php", HOST, cport, m.function, k) for k in shares]
+        clients = [procs.spawn(f"{m.kind}{i}-{m.function}", a) for i, a in enumerate(argv)]
+        outputs = collect_clients(clients)
+        wait_for_drain(admin, m.function, 300.0, 0.005)
+    done = time.monotonic()
+    m.ok = sum(o.ok for o in outputs)
+    m.wall_s = done - started
+    wait_recorded(svc.db_url, m, cfg.record_timeout_s)
+    m.record_s = time.monotonic() - done
+    after = roots.snapshot()
+    m.cpu_s = cpu_delta(before, after)
+    m.loadavg = os.getloadavg()[0]
+    for worker in workers:
+        procs.stop(worker)
+    if m.completed < m.jobs:
+        m.error = f"{m.completed} of {m.jobs} jobs recorded completed ({m.recorded} rows)"
+
+
+def run_mode(cfg: Config, svc: Services, mode: str, rep: int) -> list[Measure]:
+    print(f"[rep {rep + 1}/{cfg.reps}] {mode}", flush=True)
+    results: list[Measure] = []
+    with process_set() as procs:
+        try:
+            gport = free_port()
+            cport = free_port() if mode == "proxy" else gport
+            gearmand = start_gearmand(procs, HOST, gport)
+            server = f"cost{mode[0]}{secrets.token_hex(3)}"
+            tap = start_tap(procs, cfg, svc, mode, gport, cport, server)
+            roots = Roots(tap.pid, gearmand.pid, postmaster_pid(svc.pg), svc.redis.pid)
+            for kind in cfg.kinds:
+                m = Measure(mode, kind, rep, f"cost_{kind}_{mode}_{secrets.token_hex(4)}",
+                            cfg.jobs)
+                try:
+                    run_workload(procs, cfg, svc, roots, m, (cport, gport))
+                except BenchError as exc:
+                    m.error = str(exc)
+                print_measure(m)
+                results.append(m)
+            if not tap.alive():
+                for m in results:
+                    m.error = m.error or f"the tap exited (rc {tap.popen.returncode})"
+        except BenchError as exc:
+            print(f"! {mode}: {exc}", flush=True)
+        finally:
+            if cfg.keep_logs is not None:
+                keep_logs(procs, cfg.keep_logs / f"{mode}-{rep}")
+    return results
+
+
+def keep_logs(procs: ProcessSet, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for log in procs.workdir.glob("*.log"):
+        if "tap-" in log.name:
+            (target / log.name).write_bytes(log.read_bytes())
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_measure(m: Measure) -> None:
+    if m.error and not m.ok:
+        print(f"  {m.kind}: ERROR {m.error}", flush=True)
+        return
+    parts = "  ".join(f"{r} {m.per_job_us(r):.0f}" for r in ROLES)
+    note = f"  ! {m.error}" if m.error else ""
+    print(f"  {m.kind}: {m.ok} jobs in {m.wall_s:.2f} s ({m.ok / m.wall_s:.0f}/s), recorded "
+          f"{m.completed} (+{m.record_s:.1f} s); µs/job: {parts}; HQ {m.hq_us:.0f} = "
+          f"{m.ratio:.2f}× gearmand (load {m.loadavg:.1f}){note}", flush=True)
+
+
+def table(cfg: Config, results: Sequence[Measure]) -> tuple[str, list[dict[str, Any]]]:
+    """Medians over repetitions, one column per mode and kind."""
+    columns = [(mode, kind) for mode in cfg.modes for kind in cfg.kinds]
+    good = {c: [m for m in results if (m.mode, m.kind) == c and not m.error]
+            for c in columns}
+    head = "| CPU per job (µs) | " + " | ".join(f"{m} {k}" for m, k in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+
+    def row(label: str, value: Any) -> None:
+        cells = []
+        for c in columns:
+            ms = good[c]
+            cells.append(f"{median([value(m) for m in ms]):,.0f}" if ms else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("jobs/s (submit → drained)", lambda m: m.ok / m.wall_s)
+    for role in HQ_ROLES:
+        row(role, lambda m, r=role: m.per_job_us(r))
+    row("**HQ total**", lambda m: m.hq_us)
+    row("gearmand (baseline)", lambda m: m.per_job_us("gearmand"))
+    cells = []
+    for c in columns:
+        ms = good[c]
+        if ms:
+            ratios = [m.ratio for m in ms]
+            spread = f" [{min(ratios):.2f}–{max(ratios):.2f}]" if len(ms) > 1 else ""
+            cells.append(f"**{median(ratios):.2f}×**{spread}")
+        else:
+            cells.append("–")
+    lines.append("| **HQ / gearmand** | " + " | ".join(cells) + " |")
+    counts = []
+    for c in columns:
+        ms = [m for m in results if (m.mode, m.kind) == c]
+        counts.append(f"{sum(m.completed for m in ms)}/{sum(m.jobs for m in ms)}")
+    lines.append("| recorded (completed/submitted) | " + " | ".join(counts) + " |")
+    summary = [{"mode": c[0], "kind": c[1], "runs": len(good[c]),
+                **({"hq_us": median([m.hq_us for m in good[c]]),
+                    "gearmand_us": median([m.per_job_us("gearmand") for m in good[c]]),
+                    "ratio": median([m.ratio for m in good[c]])} if good[c] else {})}
+               for c in columns]
+    return "\n".join(lines), summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of capture,proxy")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma list of bg,fg")
+    p.add_argument("--jobs", type=int, default=25000, help="jobs per workload")
+    p.add_argument("--clients", type=int, default=1, help="background submitting clients")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--fg-clients", type=int, default=4, help="foreground clients")
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--record-timeout", type=float, default=120.0,
+                   help="seconds to wait for every job to be recorded")
+    p.add_argument("--tap-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the tap (repeatable)")
+    p.add_argument("--json", type=Path, dest="json_path", help="write raw figures here")
+    p.add_argument("--keep-logs", type=Path, help="copy the taps' logs under this directory")
+    a = p.parse_args(argv)
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+    if unknown := (set(modes) - set(MODES)) | (set(kinds) - set(KINDS)):
+        p.error(f"unknown modes or kinds: {', '.join(sorted(unknown))}")
+    tap_env = dict(item.split("=", 1) for item in a.tap_env)
+    return Config(modes, kinds, a.jobs, a.clients, a.workers, a.fg_clients, a.reps,
+                  a.record_timeout, a.json_path, a.keep_logs, tap_env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    if "capture" in cfg.modes and os.geteuid() != 0:
+        print("! capture mode needs root (tcpdump): run as root or --modes proxy")
+        return 2
+    raise_on_termination_signals()
+    info = machine_info()
+    started = time.monotonic()
+    print(f"Gearman HQ cost bench — {info['date']}; {info['nproc']} cores ({info['cpu']}), "
+          f"load average {info['loadavg']}; gearmand {info['gearmand']}; "
+          f"php-gearman {info['php_gearman']}")
+    print(f"  {cfg.jobs} jobs per workload; bg: {cfg.clients} client(s), fg: "
+          f"{cfg.fg_clients} client(s); {cfg.workers} workers; {cfg.reps} rep(s)\n", flush=True)
+    results: list[Measure] = []
+    try:
+        with private_services() as svc:
+            for rep in range(cfg.reps):
+                for mode in cfg.modes:
+                    results.extend(run_mode(cfg, svc, mode, rep))
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything started has been stopped; partial results:")
+    except BenchError as exc:
+        print(f"\n! {exc}")
+    text, summary = table(cfg, results)
+    print(f"\n{text}\n")
+    print(f"total bench time {time.monotonic() - started:.0f} s; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if cfg.json_path:
+        cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"machine": info, "config": {**asdict(cfg), "json_path": str(cfg.json_path),
+                                            "keep_logs": str(cfg.keep_logs)},
+                "results": [asdict(m) for m in results], "summary": summary}
+        cfg.json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return 0 if results and not any(m.error for m in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
