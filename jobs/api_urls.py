@@ -1,6 +1,11 @@
 from django.urls import path
+from rest_framework.routers import SimpleRouter
 
 from . import api
+from .schedules.api import ScheduleViewSet
+
+router = SimpleRouter()
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
     path("jobs/", api.JobList.as_view(), name="api-jobs"),
@@ -8,4 +13,5 @@ urlpatterns = [
     path("jobs/<int:pk>/events/", api.JobEvents.as_view(), name="api-job-events"),
     path("jobs/<int:pk>/retry/", api.JobRetry.as_view(), name="api-job-retry"),
     path("jobs/<int:pk>/cancel/", api.JobCancel.as_view(), name="api-job-cancel"),
+    *router.urls,
 ]

@@ -263,3 +263,62 @@ class JobEvent(models.Model):
     @property
     def data(self) -> bytes | str | None:
         return self.data_text if self.data_text is not None else _bytes(self.data_bin)
+
+
+class Overlap(models.TextChoices):
+    ALLOW = "allow"
+    SKIP = "skip"  # skip a tick while the previous run is still scheduled, queued or running
+
+
+class Schedule(models.Model):
+    """A recurring job: what cron does, inside HQ (``jobs/schedules/``). ``next_run_at`` is
+    the next tick in UTC, worked out from ``cron`` in ``timezone`` by cronsim; the
+    scheduler claims due schedules with ``SKIP LOCKED`` and records each tick once in
+    :class:`ScheduleRun`."""
+
+    name = models.CharField(max_length=100, unique=True)
+    function = models.CharField(max_length=255)
+    payload_text = models.TextField(null=True, blank=True)
+    payload_bin = models.BinaryField(null=True, blank=True)
+    payload_size = models.IntegerField(default=0)
+    unique = models.CharField(max_length=255, blank=True, default="")
+    priority = models.CharField(max_length=6, default="normal")
+    cron = models.CharField(max_length=200)
+    timezone = models.CharField(max_length=64, default="UTC")
+    enabled = models.BooleanField(default=True)
+    overlap = models.CharField(max_length=5, choices=Overlap.choices, default=Overlap.ALLOW)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+", db_constraint=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["next_run_at"], name="schedule_due",
+                                condition=models.Q(enabled=True))]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cron} {self.timezone})"
+
+    @property
+    def payload(self) -> bytes | str | None:
+        return self.payload_text if self.payload_text is not None else _bytes(self.payload_bin)
+
+
+class ScheduleRun(models.Model):
+    """One tick of a schedule: the job it submitted, or why it did not. (schedule, tick)
+    is unique, so a tick is acted on once whoever claims it."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="runs")
+    tick = models.DateTimeField()
+    at = models.DateTimeField()
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="+", db_constraint=False)
+    skipped = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["schedule", "tick"],
+                                               name="schedulerun_tick")]
+        indexes = [models.Index(fields=["schedule", "-tick"], name="schedulerun_latest")]

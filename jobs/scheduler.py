@@ -25,6 +25,7 @@ from hq.errors import Unavailable
 
 from . import services
 from .models import Job, State
+from .schedules.ticks import fire_one_due
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,15 @@ def submit_one_due(*, now: datetime) -> Job | None:
 class Tick:
     submitted: int = 0
     linked: int = 0
+    schedule_runs: int = 0
+    schedule_skips: int = 0
     gearmand_down: str = ""
 
     def summary(self) -> str:
         down = f"; not submitted: {self.gearmand_down}" if self.gearmand_down else ""
-        return f"submitted {self.submitted}, linked {self.linked}{down}"
+        runs = (f", schedules run {self.schedule_runs}, skipped {self.schedule_skips}"
+                if self.schedule_runs or self.schedule_skips else "")
+        return f"submitted {self.submitted}, linked {self.linked}{runs}{down}"
 
 
 def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
@@ -93,5 +98,24 @@ def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
         if job is None:
             break
         tick.submitted += 1
+    if not tick.gearmand_down:
+        _fire_schedules(tick, now, stop_at)
     tick.linked = services.link_pending()
     return tick
+
+
+def _fire_schedules(tick: Tick, now: datetime, stop_at: float) -> None:
+    """Every recurring schedule whose tick came (``jobs/schedules/ticks.py``)."""
+    while time.monotonic() < stop_at:
+        try:
+            run = fire_one_due(now=now)
+        except Unavailable as exc:
+            tick.gearmand_down = exc.message
+            log.warning("recurring schedules wait: %s", exc.message)
+            return
+        if run is None:
+            return
+        if run.skipped:
+            tick.schedule_skips += 1
+        else:
+            tick.schedule_runs += 1

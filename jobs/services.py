@@ -75,7 +75,7 @@ from hq import audit
 from hq.errors import Conflict, HQError, InvalidInput, NotFound, Unavailable
 
 from .fold import split_bytes
-from .models import Job, Server, State
+from .models import Job, Schedule, ScheduleRun, Server, State
 from .redaction import is_redacted
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def check_payload(payload: bytes) -> bytes:
     return payload
 
 
-def _check_name(field: str, value: str, limit: int, *, required: bool) -> str:
+def check_name(field: str, value: str, limit: int, *, required: bool) -> str:
     value = value.strip() if field == "function" else value
     if required and not value:
         raise InvalidInput(f"{field} is required", fields={field: ["This field is required."]})
@@ -207,14 +207,14 @@ def submit(*, function: str, payload: bytes, unique: str = "", priority: str = "
     """Submit a job now, or hold it until ``run_at`` when that is in the future (state
     ``scheduled``, no handle). A foreground job is waited for up to ``wait_s`` seconds."""
     now = now or timezone.now()
-    function = _check_name("function", function, FUNCTION_MAX, required=True)
-    unique = _check_name("unique", unique, UNIQUE_MAX, required=False)
+    function = check_name("function", function, FUNCTION_MAX, required=True)
+    unique = check_name("unique", unique, UNIQUE_MAX, required=False)
     priority = _check_priority(priority)
     check_payload(payload)
     if not 0 <= wait_s <= WAIT_MAX_S:
         raise InvalidInput(f"wait must be between 0 and {WAIT_MAX_S} seconds",
                            fields={"wait": [f"0 to {WAIT_MAX_S}."]})
-    key = _check_name("idempotency_key", idempotency_key, 100, required=False)
+    key = check_name("idempotency_key", idempotency_key, 100, required=False)
     if key:
         earlier = Job.objects.filter(action_key=key).first()
         if earlier is not None:
@@ -228,7 +228,7 @@ def submit(*, function: str, payload: bytes, unique: str = "", priority: str = "
                                    priority=priority, run_at=run_at, user=user, via=via,
                                    key=key or None, now=now))
     try:
-        job, conn = _submit_now(function=function, payload=payload, unique=unique,
+        job, conn = submit_recorded(function=function, payload=payload, unique=unique,
                                 priority=priority, background=background, user=user, via=via,
                                 key=key or None, retry_of=None, action="submit", now=now)
     except Unavailable as exc:
@@ -260,12 +260,13 @@ def _schedule(*, function: str, payload: bytes, unique: str, priority: str, run_
     return job
 
 
-def _submit_now(*, function: str, payload: bytes, unique: str, priority: str,
-                background: bool, user: User, via: str, key: str | None,
-                retry_of: Job | None, action: str, now: datetime,
-                ) -> tuple[Job, SubmitConnection]:
-    """Send the job, then write HQ's row for it (only once gearmand acknowledged it), in
-    one transaction; the caller closes the returned connection."""
+def submit_recorded(*, function: str, payload: bytes, unique: str, priority: str,
+                    background: bool, user: User, via: str, key: str | None,
+                    retry_of: Job | None, action: str, now: datetime,
+                    scheduled_for: datetime | None = None,
+                    detail: dict[str, Any] | None = None) -> tuple[Job, SubmitConnection]:
+    """Send the job, then write HQ's row for it (only once gearmand acknowledged it) and
+    its audit row, in one transaction; the caller closes the returned connection."""
     with transaction.atomic():
         conn, handle = send(function, payload, unique=unique, priority=priority,
                              background=background)
@@ -274,11 +275,13 @@ def _submit_now(*, function: str, payload: bytes, unique: str, priority: str,
                 server=server_row(conn.server), boot=None, handle=handle,
                 function=function, unique=unique, priority=priority, background=background,
                 state=State.QUEUED, submitted_at=timezone.now(), retry_of=retry_of,
-                action_key=key, updated_at=now, clients=1, **_payload_fields(payload))
+                scheduled_for=scheduled_for, action_key=key, updated_at=now, clients=1,
+                **_payload_fields(payload))
             audit.record(user=user, via=via, action=action, target=f"job {job.pk}",
                          detail={"result": "ok", "function": function, "handle": handle,
                                  "server": conn.server.name,
-                                 **({"retry_of": retry_of.pk} if retry_of else {})})
+                                 **({"retry_of": retry_of.pk} if retry_of else {}),
+                                 **(detail or {})})
         except BaseException:
             conn.close()
             raise
@@ -293,7 +296,7 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
     """Submit a finished job again (same function, unique, priority and payload, always in
     the background) as a new job whose ``retry_of`` is this one."""
     now = now or timezone.now()
-    key = _check_name("idempotency_key", idempotency_key, 100, required=False)
+    key = check_name("idempotency_key", idempotency_key, 100, required=False)
     if key:
         earlier = Job.objects.filter(action_key=key).first()
         if earlier is not None:
@@ -306,7 +309,7 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
                 raise Conflict(f"Job {job_id} cannot be retried: {reason}.")
             payload = original.payload
             data = payload.encode() if isinstance(payload, str) else (payload or b"")
-            job, conn = _submit_now(
+            job, conn = submit_recorded(
                 function=original.function, payload=data, unique=original.unique,
                 priority=original.priority or "normal", background=True, user=user, via=via,
                 key=key or None, retry_of=original, action="retry", now=now)
@@ -401,6 +404,8 @@ def _link_once(job_id: int) -> tuple[Job, bool]:
             if tap.submitted_at is not None and tap.submitted_at < since:
                 # gearmand coalesced the submit with a job it held (same unique key)
                 log.info("job %s attached to job %s (%s)", own.pk, tap.pk, own.handle)
+                ScheduleRun.objects.filter(job_id=own.pk).update(job_id=tap.pk)
+                Schedule.objects.filter(last_job_id=own.pk).update(last_job_id=tap.pk)
                 return _get(tap.pk), True
             cur.execute(f'UPDATE "{table}" SET retry_of_id = %s WHERE retry_of_id = %s',
                         [own.pk, tap.pk])

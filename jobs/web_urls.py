@@ -3,6 +3,7 @@
 from django.urls import path
 
 from . import views
+from .schedules import views as schedule_views
 
 urlpatterns = [
     path("jobs/", views.job_list, name="job-list"),
@@ -10,4 +11,9 @@ urlpatterns = [
     path("jobs/<int:pk>/", views.job_detail, name="job-detail"),
     path("jobs/<int:pk>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job-cancel"),
+    path("schedules/", schedule_views.schedule_list, name="schedule-list"),
+    path("schedules/preview/", schedule_views.schedule_preview, name="schedule-preview"),
+    path("schedules/<int:pk>/", schedule_views.schedule_detail, name="schedule-detail"),
+    path("schedules/<int:pk>/delete/", schedule_views.schedule_delete,
+         name="schedule-delete"),
 ]

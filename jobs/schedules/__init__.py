@@ -1,0 +1,1 @@
+"""Recurring schedules: what cron does, inside HQ (models in ``jobs/models.py``)."""
