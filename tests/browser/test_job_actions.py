@@ -118,3 +118,35 @@ def test_submit_for_later_find_it_under_scheduled_and_cancel_it(
         assert "is cancelled" in page.locator(".flash-stack").inner_text()
         assert page.locator(".job-head .badge").inner_text().strip().lower() == "cancelled"
     assert Job.objects.get(function="nightly_report").state == "cancelled"
+
+
+def test_a_recurring_schedule_shows_its_next_runs_as_you_type(
+        live_server, transactional_db, page, sign_in, artifacts, opal):
+    from jobs.models import Schedule
+
+    sign_in("opal", PASSWORD)
+    page.goto(f"{live_server.url}/schedules/")
+    page.fill("#id_name", "Nightly report")
+    page.fill("#id_function", "nightly_report")
+    page.fill("#id_timezone", "Europe/Berlin")
+    page.locator("#id_cron").press_sequentially("0 3 * *", delay=20)
+    page.wait_for_selector(".next-runs-error")
+    assert "5 fields" in page.locator(".next-runs-error").inner_text()
+    page.locator("#id_cron").press_sequentially(" mon-fri", delay=20)
+    page.wait_for_function("document.querySelectorAll('.next-runs li').length === 5")
+    runs = page.locator(".next-runs li").all_inner_texts()
+    assert all(" 03:00 " in r and "Europe/Berlin" in r for r in runs), runs
+    assert not any(r.startswith(("Sat", "Sun")) for r in runs), runs
+    page.select_option("#id_overlap", "skip")
+    page.screenshot(path=artifacts / "job-actions-schedule-form.png", full_page=True)
+    page.click("#save-schedule")
+    page.wait_for_url(re.compile(r"/schedules/\d+/$"))
+    assert "created" in page.locator(".flash-stack").inner_text()
+    schedule = Schedule.objects.get(name="Nightly report")
+    assert (schedule.cron, schedule.timezone, schedule.overlap) == (
+        "0 3 * * mon-fri", "Europe/Berlin", "skip")
+    page.wait_for_function("document.querySelectorAll('.next-runs li').length === 5")
+    page.screenshot(path=artifacts / "job-actions-schedule-detail.png", full_page=True)
+    page.goto(f"{live_server.url}/schedules/")
+    assert "Nightly report" in page.locator("table.schedules").inner_text()
+    page.screenshot(path=artifacts / "job-actions-schedules.png", full_page=True)
