@@ -45,7 +45,8 @@ class BootTracking:
         self._jobs: dict[str, Job] = {}
         # handle -> (function, unique) of jobs that ended, to tell a late duplicate of
         # their last packet from a new job that reuses the handle after a restart
-        self._finished: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        # (and when it ended, to tell an assignment delivered late from a new job)
+        self._finished: OrderedDict[str, tuple[str | None, str | None, float]] = OrderedDict()
         self._counter_boot = False  # a new boot was inferred from the handle counter
 
     def _emit(self, kind: str, handle: str, ts: float, conn: Conn | None,
@@ -70,13 +71,15 @@ class BootTracking:
         self._generation = 0
         self.boot = pid
 
-    def _forget(self, handle: str, *, remember: bool = True) -> None:
-        """The job ended (or is let go): remember its handle as finished unless told not to."""
+    def _forget(self, handle: str, *, remember: bool = True, ts: float = 0.0) -> None:
+        """The job ended (at ``ts``; or is let go): remember its handle as finished unless
+        told not to."""
         job = self._forget_job(handle)
         if not remember:
             return
         finished = self._finished
-        finished[handle] = (job.function, job.unique) if job is not None else (None, None)
+        finished[handle] = ((job.function, job.unique, ts) if job is not None
+                            else (None, None, ts))
         if len(finished) > FINISHED_MEMORY:
             finished.popitem(last=False)
 
@@ -118,7 +121,7 @@ class BootTracking:
         if job is not None:
             known = (job.function, job.unique)
         elif handle in self._finished:
-            known = self._finished[handle]
+            known = self._finished[handle][:2]
         if known is None or known[0] is None:
             return False
         was_function, was_unique = known

@@ -78,7 +78,7 @@ PROGRESS_KIND: dict[int, str] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
 COUNTERS = (
     "packets", "events", "unmatched_created", "unmatched_submits", "boots", "forged",
     "misdirected", "malformed", "pending_unstored", "payloads_dropped", "jobs_evicted",
-    "admin_overflow",
+    "admin_overflow", "late_assignments",
 )
 
 
@@ -130,7 +130,7 @@ class Tracker(BootTracking):
             self._emit("abandoned", handle, ts, conn, detail=was)
             if not job.started and not job.background:
                 # gearmand drops a foreground job nobody waits for before it has started.
-                self._forget(handle)
+                self._forget(handle, ts=ts)
 
     def gap(self, key: ConnKey) -> None:
         """Bytes of this connection were lost. Its pending submits cannot be paired with
@@ -236,7 +236,7 @@ class Tracker(BootTracking):
         handle = self.clean.handle(raw)
         if handle in self._jobs:
             self._emit("cancelled", handle, ts, conn, detail="cancel job (admin)")
-            self._forget(handle)
+            self._forget(handle, ts=ts)
 
     def _may_reply(self, conn: Conn, handle: str) -> bool:
         """May this connection's WORK_* for ``handle`` be believed? (see the module doc)"""
@@ -307,6 +307,8 @@ class Tracker(BootTracking):
         function = self.clean.name(args[1], FUNCTION_MAX)
         unique = self.clean.name(args[2], UNIQUE_MAX) if pkt.type != T.JOB_ASSIGN else None
         job = self._jobs.get(handle)
+        if job is None and self._late_assignment(handle, function, unique, ts):
+            return
         if job is None:
             self._check_assigned(handle, function, unique, ts)
             # Queued before the capture began (or the first job of a new boot): record
@@ -323,6 +325,18 @@ class Tracker(BootTracking):
             "started", handle, ts, conn, function=function, unique=unique,
             worker=conn.worker_name, data=data, size=size,
         )
+
+    def _late_assignment(self, handle: str, function: str, unique: str | None,
+                         ts: float) -> bool:
+        """An assignment captured before the same job's end, delivered after it: a hole
+        in gearmand → worker bytes held that direction back while the worker's answer came
+        through (its reply was believed: ``conn.gaps``). Starting the job again would leave
+        it running, then queued when the worker leaves; it is counted and dropped."""
+        ended = self._finished.get(handle)
+        if ended is None or ts > ended[2] or self._reused(handle, function, unique):
+            return False
+        self.counters["late_assignments"] += 1
+        return True
 
     def _finish(
         self, conn: Conn, kind: str, handle: str, args: tuple[bytes, ...], ts: float,
@@ -341,7 +355,7 @@ class Tracker(BootTracking):
             detail = "gearmand gave up on the job (job retries exhausted)"
         self._emit(kind, handle, ts, conn, worker=None if by_server else conn.worker_name,
                    data=data, size=size, detail=detail)
-        self._forget(handle)
+        self._forget(handle, ts=ts)
 
     # -- bounded bookkeeping --------------------------------------------------------------
 

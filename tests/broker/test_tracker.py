@@ -442,3 +442,25 @@ def test_payload_exactly_payload_max_is_kept_whole() -> None:
     client = w.open(5001)
     w.submit(client, H1, payload=b"0123456789")
     assert (w.events[0].data, w.events[0].size) == (b"0123456789", 10)
+
+
+def test_an_assignment_delivered_after_the_jobs_end_does_not_start_it_again() -> None:
+    """A hole in gearmand → worker bytes holds that direction back while the worker's
+    WORK_COMPLETE (believed: the connection has gaps) comes through; the JOB_ASSIGN is then
+    delivered late, with its own, earlier capture time. The job stays completed: no second
+    start, no worker_lost when the worker leaves."""
+    w = Wire()
+    client, worker = w.open(5001), w.open(5002, b"w1")
+    w.send(client, req(T.SUBMIT_JOB_BG, FN, b"u1", b"p"))
+    w.reply(client, res(T.JOB_CREATED, H1.encode()))
+    w.tracker.gap(worker)
+    assigned_at = w.tick()  # captured now, held behind the hole
+    w.send(worker, req(T.WORK_COMPLETE, H1.encode(), b"done"))
+    w.tracker.packet(worker, res(T.JOB_ASSIGN_UNIQ, H1.encode(), FN, b"u1", b"p"),
+                     assigned_at, False)
+    w.close(worker)
+    assert w.kinds(H1) == ["submitted", "completed"]
+    assert w.tracker.counters["late_assignments"] == 1
+    # a later assignment of that handle (a new job after an unseen restart) still counts
+    w.reply(w.open(5003), res(T.JOB_ASSIGN_UNIQ, H1.encode(), FN, b"u2", b"p"))
+    assert w.kinds(H1)[-1] == "started"
