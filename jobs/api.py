@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics, status
+from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from hq.errors import InvalidInput
 from hq.pagination import NewestFirst, OldestFirst
 
-from . import selectors, services
+from . import bulk, selectors, services
 from .models import Job, JobEvent
 from .redaction import may_see_payloads
 from .serializers import (
@@ -177,3 +177,44 @@ class JobCancel(APIView):
         when it is running or finished."""
         job = services.cancel(job_id=pk, user=request.user, via="api")
         return _job(request, job, status.HTTP_200_OK)
+
+
+class BulkRequest(serializers.Serializer[Any]):
+    action = serializers.ChoiceField(choices=["retry", "cancel", "discard"])
+    filter = serializers.DictField(child=serializers.CharField(allow_blank=True),
+                                   required=False, default=dict)
+    dry_run = serializers.BooleanField(required=False, default=False)
+
+
+class BulkState(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    action = serializers.CharField()
+    state = serializers.ChoiceField(choices=["running", "done", "failed"])
+    total = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    # the field shadows Serializer.errors only for the stubs (DRF moves declared fields)
+    errors = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]
+    filter = serializers.DictField()
+
+
+class JobBulk(APIView):
+    @extend_schema(request=BulkRequest, responses={200: OpenApiTypes.OBJECT, 202: BulkState})
+    def post(self, request: Request) -> Response:
+        """Retry or cancel every job the filter matches, in the background (202 with the
+        bulk action's id; follow it at /api/v1/bulk/{id}/); dry_run: 200 with the count."""
+        body = BulkRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        action, count = bulk.start(action=data["action"], filter=data["filter"],
+                                   dry_run=data["dry_run"], user=request.user, via="api")
+        if action is None:
+            return Response({"count": count}, status=status.HTTP_200_OK)
+        return Response({"id": action.pk, "count": count}, status=status.HTTP_202_ACCEPTED)
+
+
+class BulkDetail(APIView):
+    @extend_schema(responses={200: BulkState})
+    def get(self, request: Request, pk: int) -> Response:
+        """How a bulk action is going: ``done`` and ``failed`` of ``total``."""
+        return Response(bulk.as_json(bulk.get(pk)))

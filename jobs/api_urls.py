@@ -9,6 +9,8 @@ router.register("schedules", ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
     path("jobs/", api.JobList.as_view(), name="api-jobs"),
+    path("jobs/bulk/", api.JobBulk.as_view(), name="api-job-bulk"),
+    path("bulk/<int:pk>/", api.BulkDetail.as_view(), name="api-bulk"),
     path("jobs/<int:pk>/", api.JobDetail.as_view(), name="api-job"),
     path("jobs/<int:pk>/events/", api.JobEvents.as_view(), name="api-job-events"),
     path("jobs/<int:pk>/retry/", api.JobRetry.as_view(), name="api-job-retry"),

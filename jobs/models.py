@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import models
 
 
@@ -322,3 +323,33 @@ class ScheduleRun(models.Model):
         constraints = [models.UniqueConstraint(fields=["schedule", "tick"],
                                                name="schedulerun_tick")]
         indexes = [models.Index(fields=["schedule", "-tick"], name="schedulerun_latest")]
+
+
+class BulkAction(models.Model):
+    """An action on every job a filter matches, done in the background in batches
+    (``jobs/bulk.py``): ``cursor`` is the last job id acted on, so a run that stopped
+    (a Celery restart) resumes after it; only jobs up to ``max_id`` (the newest when it was
+    asked for) are included, so the jobs a "retry all" makes are never retried by it."""
+
+    RUNNING, DONE, FAILED = "running", "done", "failed"
+
+    action = models.CharField(max_length=10)
+    filter = models.JSONField(default=dict)
+    state = models.CharField(max_length=10, default=RUNNING)
+    total = models.IntegerField(default=0)
+    done = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    errors = models.JSONField(default=list)
+    max_id = models.BigIntegerField(default=0)
+    cursor = models.BigIntegerField(default=0)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                             on_delete=models.SET_NULL, related_name="+")
+    via = models.CharField(max_length=6, default="api")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["leased_until"], name="bulk_running",
+                                condition=models.Q(state="running"))]

@@ -23,7 +23,7 @@ from django.utils import timezone
 from hq import audit
 from hq.errors import Unavailable
 
-from . import services
+from . import bulk, services
 from .models import Job, State
 from .schedules.ticks import fire_one_due
 
@@ -73,13 +73,15 @@ class Tick:
     linked: int = 0
     schedule_runs: int = 0
     schedule_skips: int = 0
+    bulk: int = 0
     gearmand_down: str = ""
 
     def summary(self) -> str:
         down = f"; not submitted: {self.gearmand_down}" if self.gearmand_down else ""
         runs = (f", schedules run {self.schedule_runs}, skipped {self.schedule_skips}"
                 if self.schedule_runs or self.schedule_skips else "")
-        return f"submitted {self.submitted}, linked {self.linked}{runs}{down}"
+        more = f", bulk {self.bulk}" if self.bulk else ""
+        return f"submitted {self.submitted}, linked {self.linked}{runs}{more}{down}"
 
 
 def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
@@ -100,6 +102,8 @@ def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
         tick.submitted += 1
     if not tick.gearmand_down:
         _fire_schedules(tick, now, stop_at)
+    if not tick.gearmand_down:
+        tick.bulk = bulk.advance(max_s=max(stop_at - time.monotonic(), 0.5))
     tick.linked = services.link_pending()
     return tick
 

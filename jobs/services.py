@@ -292,7 +292,7 @@ def submit_recorded(*, function: str, payload: bytes, unique: str, priority: str
 
 
 def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
-          now: datetime | None = None) -> Job:
+          now: datetime | None = None, link_wait_s: float = 0.5) -> Job:
     """Submit a finished job again (same function, unique, priority and payload, always in
     the background) as a new job whose ``retry_of`` is this one."""
     now = now or timezone.now()
@@ -318,7 +318,7 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
                              reason=exc.message, code=exc.code)
         raise
     conn.close()
-    return link_submitted(job_id=job.pk, wait_s=0.5)
+    return link_submitted(job_id=job.pk, wait_s=link_wait_s)
 
 
 def _locked(job_id: int) -> Job:
@@ -427,12 +427,12 @@ def _get(job_id: int) -> Job:
     return Job.objects.select_related("server", "boot").get(pk=job_id)
 
 
-def link_pending(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Link HQ's submits still waiting for their tap row (each in its own transaction);
-    how many were linked."""
+def link_pending(*, now: datetime | None = None, limit: int = 200) -> int:
+    """Link HQ's submits still waiting for their tap row, newest first (each in its own
+    transaction); how many were linked."""
     now = now or timezone.now()
     ids = list(Job.objects.filter(boot__isnull=True, submitted_at__gte=now - LINK_GIVE_UP)
-               .exclude(handle="").order_by("id").values_list("id", flat=True)[:limit])
+               .exclude(handle="").order_by("-id").values_list("id", flat=True)[:limit])
     linked = 0
     for job_id in ids:
         if _link_once(job_id)[1]:
