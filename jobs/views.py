@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
@@ -20,11 +21,12 @@ from hq.models import Role
 from hq.roles import has_role
 from hq.web import HtmxHttpRequest, is_fragment, render_page, role_required, viewer_required
 
-from . import services
+from . import bulk, services
 from .forms import SubmitJobForm
 from .models import Job, State
 from .redaction import is_redacted, may_see_payloads, withheld
 from .selectors import (
+    FILTERS,
     exact_job,
     get_job,
     job_events,
@@ -48,7 +50,8 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
     exact = exact_job(q) if q else None
     if exact is not None and not partial and "before_id" not in params:
         return redirect("job-detail", pk=exact.pk)  # type a handle, land on the job
-    context: dict[str, object] = {"q": q, "exact": exact, "error": None, "jobs": []}
+    context: dict[str, object] = {"q": q, "exact": exact, "error": None, "jobs": [],
+                                  "filtered": _has_filters(params)}
     status = 200
     try:
         before = params.get("before_id", "")
@@ -57,8 +60,8 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
     except InvalidInput as exc:
         context["error"], status = exc, 400
     if not partial:
-        context.update(states=State.choices, filtered=_has_filters(params),
-                       servers=server_names(), scheduled_only=params.get("state") == "scheduled")
+        context.update(states=State.choices, servers=server_names(),
+                       scheduled_only=params.get("state") == "scheduled")
     return render_page(request, "jobs/list.html", "jobs/_results.html", context, status=status)
 
 
@@ -150,3 +153,52 @@ def job_submit(request: HttpRequest) -> HttpResponse:
             status = 400
     context = {"form": form, "functions": known_functions(), "action_key": uuid.uuid4().hex}
     return render(request, "jobs/submit.html", context, status=status)
+
+
+def _filters(params: Mapping[str, str]) -> dict[str, str]:
+    """The list filters set in a query string or form."""
+    return {name: params.get(name, "") for name in FILTERS if params.get(name, "").strip()}
+
+
+@require_GET
+@role_required(Role.OPERATOR, OPERATORS_ONLY)
+def bulk_confirm(request: HttpRequest) -> HttpResponse:
+    """"Retry 1,284 failed `resize_image` jobs?": the count first, then a button."""
+    action = request.GET.get("action", "")
+    filters = _filters(request.GET)
+    context: dict[str, object] = {"action": action, "filters": filters, "error": "",
+                                  "back": "/jobs/?" + urlencode(filters)}
+    try:
+        _, count = bulk.start(action=action, filter=filters, dry_run=True, user=request.user,
+                              via="ui")
+        context.update(count=count, question=bulk.describe(action, count, filters))
+    except HQError as exc:
+        context["error"] = exc.message
+    return render(request, "jobs/_bulk_confirm.html", context)
+
+
+@require_POST
+@role_required(Role.OPERATOR, OPERATORS_ONLY)
+def bulk_start(request: HttpRequest) -> HttpResponse:
+    filters = _filters(request.POST)
+    try:
+        action, _ = bulk.start(action=request.POST.get("action", ""), filter=filters,
+                               user=request.user, via="ui")
+    except HQError as exc:
+        messages.error(request, exc.message)
+        return redirect("job-list")
+    assert action is not None
+    return redirect("bulk-detail", pk=action.pk)
+
+
+@viewer_required
+def bulk_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    try:
+        action = bulk.get(pk)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    context = {"bulk": action, "question": bulk.describe(action.action, action.total,
+                                                         action.filter).rstrip("?"),
+               "percent": (100 * (action.done + action.failed) // action.total)
+               if action.total else 100}
+    return render_page(request, "jobs/bulk.html", "jobs/_bulk_progress.html", context)

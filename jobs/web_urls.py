@@ -8,6 +8,9 @@ from .schedules import views as schedule_views
 urlpatterns = [
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/new/", views.job_submit, name="job-submit"),
+    path("jobs/bulk/confirm/", views.bulk_confirm, name="bulk-confirm"),
+    path("jobs/bulk/", views.bulk_start, name="bulk-start"),
+    path("bulk/<int:pk>/", views.bulk_detail, name="bulk-detail"),
     path("jobs/<int:pk>/", views.job_detail, name="job-detail"),
     path("jobs/<int:pk>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job-cancel"),

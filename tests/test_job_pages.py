@@ -146,3 +146,28 @@ def test_submit_form_errors(operator: Client, db: None) -> None:
     assert r.status_code == 503
     assert "No gearmand accepted the job (gm-x)" in r.content.decode()
     assert not Job.objects.exists()
+
+
+def test_bulk_pages_count_first_and_are_for_operators(gm: Gearmand, boot: Boot,
+                                                      operator: Client,
+                                                      viewer: Client) -> None:
+    for n in range(3):
+        recorded(boot, f"H:p:{100 + n}", unique=f"b-{n}")
+    listed = operator.get("/jobs/?state=failed").content.decode()
+    assert 'id="bulk-retry"' in listed and 'id="bulk-cancel"' in listed
+    assert 'id="bulk-retry"' not in operator.get("/jobs/").content.decode()  # no filter
+    assert 'id="bulk-retry"' not in viewer.get("/jobs/?state=failed").content.decode()
+    confirm = operator.get("/jobs/bulk/confirm/?action=retry&state=failed&function="
+                           "resize_image").content.decode()
+    assert "Retry 3 failed `resize_image` jobs?" in confirm
+    assert 'name="state" value="failed"' in confirm
+    none = operator.get("/jobs/bulk/confirm/?action=cancel&state=lost").content.decode()
+    assert "No job matches these filters" in none
+    assert viewer.get("/jobs/bulk/confirm/?action=retry&state=failed").status_code == 403
+    assert viewer.post("/jobs/bulk/", {"action": "retry", "state": "failed"}).status_code == 403
+    r = operator.post("/jobs/bulk/", {"action": "retry", "state": "failed",
+                                      "function": "resize_image"})
+    assert r.status_code == 302 and r["Location"].startswith("/bulk/")
+    page = operator.get(r["Location"]).content.decode()
+    assert "Retry 3 failed resize_image jobs" in page and 'data-state="running"' in page
+    assert viewer.get(r["Location"]).status_code == 200  # anyone may watch it

@@ -150,3 +150,47 @@ def test_a_recurring_schedule_shows_its_next_runs_as_you_type(
     page.goto(f"{live_server.url}/schedules/")
     assert "Nightly report" in page.locator("table.schedules").inner_text()
     page.screenshot(path=artifacts / "job-actions-schedules.png", full_page=True)
+
+
+def test_bulk_retry_with_its_count_and_a_progress_bar(
+        live_server, transactional_db, page, sign_in, artifacts, opal, gearmand):
+    from jobs import bulk
+    from jobs.models import BulkAction, Server
+
+    server = Server.objects.create(name="gm-prod-1", address="10.0.4.12:4730")
+    boot = Boot.objects.create(server=server, token="31337", first_seen=timezone.now())
+    at = timezone.now() - timedelta(minutes=20)
+    Job.objects.bulk_create([
+        Job(server=server, boot=boot, handle=f"H:gm-prod-1:{n}", function="resize_image",
+            unique=f"img-{n}", state="failed" if n < 450 else "completed",
+            submitted_at=at, finished_at=at, updated_at=at, payload_text=f'{{"id": {n}}}',
+            payload_size=len(f'{{"id": {n}}}'), background=True, priority="normal",
+            error="Imagick: corrupt JPEG data") for n in range(500)])
+    with override_settings(HQ_GEARMAN_SERVERS=[ServerAddress("gm-prod-1", "127.0.0.1",
+                                                             gearmand.port)]):
+        sign_in("opal", PASSWORD)
+        page.goto(f"{live_server.url}/jobs/?state=failed&function=resize_image")
+        page.click("#bulk-retry")
+        page.wait_for_selector("#bulk-question")
+        assert page.locator("#bulk-question").inner_text() == (
+            "Retry 450 failed `resize_image` jobs?")
+        page.screenshot(path=artifacts / "job-actions-bulk-confirm.png", full_page=True)
+        page.click("#bulk-go")
+        page.wait_for_url(re.compile(r"/bulk/\d+/$"))
+        action = BulkAction.objects.get()
+        assert page.locator("#bulk-progress").get_attribute("data-state") == "running"
+        claimed = BulkAction.objects.filter(pk=action.pk)
+        assert bulk.run_batch(claimed.get()) == 200  # one batch, as one scheduler tick would
+        page.wait_for_function("document.querySelector('#bulk-done').textContent === '200'")
+        page.reload()  # the progress survives a reload: it is in the database
+        assert page.locator("#bulk-done").inner_text() == "200"
+        assert page.locator(".bulk-bar").get_attribute("aria-valuenow") == "200"
+        page.screenshot(path=artifacts / "job-actions-bulk-progress.png", full_page=True)
+        while claimed.get().state == "running":
+            bulk.run_batch(claimed.get())
+        # (htmx settles the class a moment after the swap)
+        page.wait_for_function(
+            "document.querySelector('#bulk-progress').classList.contains('bulk-done')")
+        assert page.locator("#bulk-done").inner_text() == "450"
+        page.screenshot(path=artifacts / "job-actions-bulk-done.png", full_page=True)
+    assert Job.objects.filter(retry_of__isnull=False).count() == 450
