@@ -99,7 +99,8 @@ class JobList(generics.ListAPIView[Job]):
         return context
 
     @extend_schema(parameters=[WAIT, IDEMPOTENCY], request=JobSubmitSerializer,
-                   responses={201: JobSerializer, 202: JobSerializer})
+                   responses={201: JobSerializer, 202: JobSerializer,
+                              503: OpenApiTypes.OBJECT})
     def post(self, request: Request) -> Response:
         """Submit a job (operator or admin): now, or at ``run_at`` (state ``scheduled``)."""
         body = JobSubmitSerializer(data=request.data)
