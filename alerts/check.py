@@ -24,6 +24,8 @@ def check(function: str, metric: str, warning: float, critical: float, *,
     label = f"HQ {metric.upper()}"
     if metric not in Metric.values:
         return CheckResult(UNKNOWN, f"{label} UNKNOWN - unknown metric {metric!r}")
+    if metric in metric_values.PER_SERVER:  # measured per server: no function to match
+        function = metric_values.SERVER_FUNCTION
     rule = Rule(metric=metric, function=function, window_seconds=window,
                 operator="<" if below else ">", threshold=0)
     key = metric_values.metric_key(metric, window)
@@ -32,8 +34,11 @@ def check(function: str, metric: str, warning: float, critical: float, *,
         server_id = Server.objects.filter(name=server).values_list("id", flat=True).first()
         if server_id is None:
             return CheckResult(UNKNOWN, f"{label} UNKNOWN - no server named {server!r}")
+    windowed = {window} if metric in metric_values.WINDOWED else set()
+    complete = windowed if metric == Metric.TIME_TO_COMPLETE_P95 else set()
     found = [(sid, fn, m.get(key))
-             for (sid, fn), m in metric_values.alert_metrics({window}).items()
+             for (sid, fn), m in metric_values.alert_metrics(
+                 windowed, complete_windows=complete).items()
              if rule.matches(fn) and (server_id is None or sid == server_id)]
     values = [(_subject(metric, sid, fn), v) for sid, fn, v in found if v is not None]
     if not values:
@@ -50,8 +55,8 @@ def check(function: str, metric: str, warning: float, critical: float, *,
 
 def _subject(metric: str, server_id: int, function: str) -> str:
     """What the status line names: the queue's function, or for a per-server metric
-    (``tap_health``, function ``*``) the server."""
-    if metric != Metric.TAP_HEALTH:
+    (``tap_health``, ``server_down``: function ``*``) the server."""
+    if metric not in metric_values.PER_SERVER:
         return function
     name = Server.objects.filter(pk=server_id).values_list("name", flat=True).first()
     return f"server {name}" if name else function

@@ -34,6 +34,12 @@ THRESHOLD_HINTS = {
     "drain_time": "Seconds to empty the queue at the recent pace",
     "tap_health": "1 while the server's tap records, 0 when it does not (stale, writer dead, "
                   "Postgres unreachable, lagging, spool filling): “< 1” with function *",
+    "server_down": "Seconds gearmand has not answered HQ's admin poll; 0 while it answers. "
+                   "Down after 2 failed polls or 2 poll intervals without an answer: “> 0” "
+                   "at once, “> 60” after a minute. Per server: the function glob does not "
+                   "apply (keep *; choose a server to watch only one)",
+    "time_to_complete_p95": "Milliseconds from submit to finish (waiting, requeues and "
+                            "running), p95 of the jobs that finished in the window",
 }
 
 

@@ -1,30 +1,39 @@
 """What each alert metric measures now, per server and function: the values rules compare.
 
 Built from monitoring's public reads (latest queue snapshots, oldest queued and longest
-running jobs, rollup sums) and, for ``tap_health``, the taps' reports in Redis, read once
-per evaluation tick for every rule.
+running jobs, rollup sums, the admin poller's state of each server, the submit → finish
+times of jobs finished in a window) and, for ``tap_health``, the taps' reports in Redis,
+read once per evaluation tick for every rule.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Set
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from jobs.models import Server
 from monitoring import histogram, selectors
 from monitoring import taps as tap_reports
+from monitoring.services import DOWN_AFTER
 
 log = logging.getLogger(__name__)
 
 #: drain_time when nothing completes: a year stands for "never"
 NEVER_S = 365 * 86400.0
-#: the "function" of per-server metrics (tap_health): rules on them use function "*"
-TAP_FUNCTION = "*"
+#: the "function" of per-server metrics: rules on them use function "*"
+SERVER_FUNCTION = TAP_FUNCTION = "*"
+#: metrics measured per server, not per queue (their rules' function glob does not apply)
+PER_SERVER = ("tap_health", "server_down")
 #: metrics judged over each rule's window (keyed ``"metric@window_seconds"``)
-WINDOWED = ("failure_rate", "runtime_p95", "drain_time")
+WINDOWED = ("failure_rate", "runtime_p95", "drain_time", "time_to_complete_p95")
+#: a server whose poller has written nothing for this long is no longer watched (retired,
+#: or its tap gone for good): ``server_down`` has no value for it, as a tap report expires
+UNWATCHED_S = tap_reports.TAP_KEY_TTL_S
 
 Values = dict[tuple[int, str], dict[str, float | None]]
 
@@ -33,12 +42,15 @@ def metric_key(metric: str, window_seconds: int) -> str:
     return f"{metric}@{window_seconds}" if metric in WINDOWED else metric
 
 
-def alert_metrics(windows: set[int], now: datetime | None = None) -> Values:
+def alert_metrics(windows: set[int], now: datetime | None = None, *,
+                  complete_windows: Set[int] = frozenset()) -> Values:
     """Every alertable metric per (server id, function), as the alert rules name them.
 
     Windowed metrics are keyed ``"failure_rate@300"`` (metric @ window seconds). A value
     is None when there is nothing to judge (no jobs finished in the window; ``workers``
-    while nothing is queued and no worker is connected).
+    while nothing is queued and no worker is connected). ``time_to_complete_p95`` reads
+    jobs rather than rollups, so it is computed only for ``complete_windows`` (the
+    evaluator adds it with :func:`add_time_to_complete` for the windows of its rules).
     """
     now = now or timezone.now()
     out: Values = defaultdict(dict)
@@ -58,8 +70,45 @@ def alert_metrics(windows: set[int], now: datetime | None = None) -> Values:
         out[key]["running_too_long"] = (now - started).total_seconds()
     for window in windows:
         _add_window(out, live, window, now)
+    add_time_to_complete(out, complete_windows, now)
     _add_taps(out, now)
+    _add_servers(out, now)
     return out
+
+
+def add_time_to_complete(out: Values, windows: Set[int], now: datetime) -> None:
+    """Add ``time_to_complete_p95@W`` (ms) for each window W to ``out``: submit → finish
+    of the jobs that completed or failed in the window, its p95 read from the same
+    log-scale histogram as ``runtime_p95``. A job that was requeued (a worker died)
+    counts all its runs; one scan of jobs serves every window."""
+    if not windows:
+        return
+    for window, hists in selectors.time_to_complete(windows=windows, until=now).items():
+        for key, hist in hists.items():
+            value = histogram.percentile(hist, 95)
+            out.setdefault(key, {})[f"time_to_complete_p95@{window}"] = value
+
+
+def silence_limit_s() -> float:
+    """Silence (no answer to the admin poll) longer than this is ``server_down``: the
+    poller's own verdict (DOWN_AFTER failed polls in a row) in time."""
+    return float(DOWN_AFTER * settings.HQ_POLL_INTERVAL)
+
+
+def _add_servers(out: Values, now: datetime) -> None:
+    """``server_down`` per server the admin poller watches (function ``*``): 0 while
+    gearmand answers it; else the seconds since gearmand last answered (since HQ first
+    heard of it, if never). Down means the poller's last word is "down" (DOWN_AFTER failed
+    polls in a row) or no answer for more than DOWN_AFTER poll intervals (the tap that
+    polls it is gone or cannot write: ``tap_health`` says which). A server nobody has
+    polled for UNWATCHED_S has no value."""
+    limit = silence_limit_s()
+    for s in selectors.poll_states():
+        if s.polled_at is None or (now - s.polled_at).total_seconds() > UNWATCHED_S:
+            continue
+        silent = max((now - (s.last_answer or s.created_at)).total_seconds(), 0.0)
+        down = not s.up or silent > limit
+        out[(s.server_id, SERVER_FUNCTION)]["server_down"] = silent if down else 0.0
 
 
 def _add_taps(out: Values, now: datetime) -> None:

@@ -26,6 +26,9 @@ class Metric(models.TextChoices):
     STRANDED = "stranded", "queued jobs no connected worker can do"
     DRAIN_TIME = "drain_time", "forecast seconds to empty the queue"
     TAP_HEALTH = "tap_health", "tap health (1 healthy, 0 unhealthy; function *)"
+    SERVER_DOWN = "server_down", "seconds gearmand has not answered (0 while up; function *)"
+    TIME_TO_COMPLETE_P95 = ("time_to_complete_p95",
+                            "submit to finish p95 (ms, over the window)")
 
 
 class Severity(models.TextChoices):

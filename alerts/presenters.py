@@ -67,9 +67,10 @@ def metric_text(metric: str, value: float | None) -> str:
     if metric == Metric.FAILURE_RATE:
         pct = value * 100
         return f"{pct:.0f} %" if pct >= 10 or pct == int(pct) else f"{pct:.1f} %"
-    if metric == Metric.RUNTIME_P95:
+    if metric in (Metric.RUNTIME_P95, Metric.TIME_TO_COMPLETE_P95):
         return duration_ms(value)
-    if metric in (Metric.OLDEST_QUEUED_AGE, Metric.RUNNING_TOO_LONG, Metric.DRAIN_TIME):
+    if metric in (Metric.OLDEST_QUEUED_AGE, Metric.RUNNING_TOO_LONG, Metric.DRAIN_TIME,
+                  Metric.SERVER_DOWN):
         if metric == Metric.DRAIN_TIME and value >= NEVER_S:
             return "never"
         return "0 s" if value == 0 else duration_ms(value * 1000)

@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from jobs.models import Server
 
+from .metric_values import PER_SERVER
 from .models import OPERATORS, Alert, Channel, Metric, Rule, Severity
 
 
@@ -53,6 +54,16 @@ class RuleSerializer(serializers.ModelSerializer[Rule]):
         if not value:
             raise serializers.ValidationError("Must not be empty: use * for every function.")
         return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """A per-server metric (``server_down``) has no queue: its function stays ``*``."""
+        metric = attrs.get("metric", self.instance.metric if self.instance else None)
+        function = attrs.get("function", self.instance.function if self.instance else "*")
+        if metric in PER_SERVER and function != "*":
+            raise serializers.ValidationError({"function": [
+                f"{metric} is measured per server, not per function: use * "
+                "(choose a server to watch only one)."]})
+        return attrs
 
 
 class AlertSerializer(serializers.ModelSerializer[Alert]):

@@ -25,7 +25,7 @@ from monitoring import selectors as monitoring
 from monitoring.services import refresh_rollups
 
 from . import metric_values
-from .models import Alert, Channel, Notification, Rule, RuleState
+from .models import Alert, Channel, Metric, Notification, Rule, RuleState
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -51,7 +51,9 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
         refresh_rollups(since=now - timedelta(minutes=2))
     rules = list(Rule.objects.filter(enabled=True).prefetch_related("channels"))
     windows = {r.window_seconds for r in rules if r.metric in metric_values.WINDOWED}
+    complete = {r.window_seconds for r in rules if r.metric == Metric.TIME_TO_COMPLETE_P95}
     values = metric_values.alert_metrics(windows, now)
+    metric_values.add_time_to_complete(values, complete, now)  # read from jobs: only if asked
     states = {(s.rule_id, s.server_id, s.function): s
               for s in RuleState.objects.filter(rule__in=rules)}
     matcher = QueueMatcher(values)
@@ -66,9 +68,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
         for rule in rules:
             key = metric_values.metric_key(rule.metric, rule.window_seconds)
             seen: set[tuple[int | None, str]] = set()
-            for sid, function in matcher.keys(rule.function):
-                if rule.server_id and sid != rule.server_id:
-                    continue
+            for sid, function in _judged(rule, matcher):
                 metrics = values[(sid, function)]
                 seen.add((sid, function))
                 state = states.get((rule.id, sid, function))
@@ -92,6 +92,17 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
         _repeat_notifications(now)
     result.states = len(states) + len(new_states)
     return result
+
+
+def _judged(rule: Rule, matcher: QueueMatcher) -> list[tuple[int, str]]:
+    """The (server, function) keys a rule judges: those its glob matches, on its server
+    when it names one; a per-server metric (``server_down``) only at function ``*``."""
+    keys = matcher.keys(rule.function)
+    if rule.server_id:
+        keys = [key for key in keys if key[0] == rule.server_id]
+    if rule.metric in metric_values.PER_SERVER:
+        keys = [key for key in keys if key[1] == metric_values.SERVER_FUNCTION]
+    return keys
 
 
 def _close_disabled(now: datetime) -> None:

@@ -7,7 +7,10 @@ names the value the evaluator must have judged for each queue, so "did not fire"
 "saw nothing"; every rule notifies a local HTTP receiver, which hears of each alert that
 fires and of nothing else.
 
-``test_alert_states.py`` drives the rule state machine with a fake clock.
+``test_alert_states.py`` drives the rule state machine with a fake clock;
+``test_alert_metrics_server.py`` has ``server_down`` (a real gearmand stopped and started)
+and ``time_to_complete_p95`` firing and resolving on a fake clock; ``test_tap_health.py``
+has ``tap_health``.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def metric(server: str, function: str, key: str) -> float | None:
     """The value the evaluator sees now for one queue (windowed keys: ``name@window``)."""
     windows = {int(key.split("@")[1])} if "@" in key else set()
     sid = Server.objects.filter(name=server).values_list("id", flat=True).first()
-    return metric_values.alert_metrics(windows).get((sid, function), {}).get(key)
+    values = metric_values.alert_metrics(windows, complete_windows=windows)
+    return values.get((sid, function), {}).get(key)
 
 
 def wait_metric(server: str, function: str, key: str, check: Callable[[float], bool],
@@ -177,6 +181,18 @@ def slow_job(tap: Tap, workers: StartWorker) -> None:
     assert job.runtime_ms >= 2000
 
 
+def waited_for_a_worker(tap: Tap, workers: StartWorker) -> None:
+    """A job that waits 1.5 s for a worker, then runs in a moment: a long time to complete,
+    a short runtime."""
+    submit(tap.port, "late", 1)
+    wait_metric(tap.server, "late", "oldest_queued_age", lambda v: v > 1.5,
+                "the job waiting 1.5 s")
+    workers(tap.port, "late", "cat")
+    (job,) = wait_jobs(tap.server, 1, state="completed")
+    assert job.runtime_ms is not None and job.runtime_ms < 1000
+    assert (job.finished_at - job.submitted_at).total_seconds() > 1.5
+
+
 def staffed(tap: Tap, workers: StartWorker) -> None:
     worked(tap, workers, "staffed", 2, "cat")
     wait_metric(tap.server, "staffed", "workers", lambda v: v == 1, "one worker")
@@ -245,6 +261,8 @@ FIRES = [
     Case("stranded", ">", 0, stranded, {"nobody": 4}, ok=("other",)),
     Case("drain_time", ">", 600, drain_900s_and_never,
          {"drainy": pytest.approx(900), "stuck": metric_values.NEVER_S}, window_seconds=300),
+    Case("time_to_complete_p95", ">", 1000, waited_for_a_worker, {"late": Between(1000)},
+         window_seconds=300),
 ]
 
 QUIET = [
@@ -260,6 +278,8 @@ QUIET = [
     Case("stranded", ">", 0, behind_a_busy_worker, {"busy": 0}),
     Case("drain_time", ">", 600, drain_60s, {"drainy": pytest.approx(60)},
          window_seconds=300),
+    Case("time_to_complete_p95", ">", 1000, lambda tap, w: worked(tap, w, "quick", 5, "cat"),
+         {"quick": Between(0, 1000)}, window_seconds=300),
 ]
 
 

@@ -1,8 +1,8 @@
 """``manage.py hq_check`` as Nagios/Icinga run it: a subprocess against the test database,
 one status line with perfdata on stdout, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN.
 
-The data are queue snapshots and rollups written by the test (committed, hence
-``transactional_db``: the command is another process)."""
+The data are queue snapshots, rollups, jobs and the poller's server states written by the
+test (committed, hence ``transactional_db``: the command is another process)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.models import Server
+from alerts.check import num
+from jobs.models import Boot, Server
 from monitoring import histogram
-from monitoring.models import Rollup
+from monitoring.models import Rollup, ServerState
 from tests.support import stack
 from tests.support.stack import MANAGE, ROOT, free_port
-from tests.support.worlds import snap
+from tests.support.worlds import add_job, snap
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -28,18 +29,19 @@ pytestmark = pytest.mark.usefixtures("transactional_db")
 PERFDATA = re.compile(r"^'?[^'=]+'?=(-?[0-9.]+)[a-zA-Z%]*;(-?[0-9.]*);(-?[0-9.]*)(;[-0-9.]*){0,2}$")
 
 
-def run_hq_check(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
+def run_hq_check(*args: str, database_url: str | None = None,
+                 **env_vars: str) -> subprocess.CompletedProcess:
     """``manage.py hq_check`` in its own process, against the test database by default."""
     env = dict(os.environ, DATABASE_URL=database_url or stack.database_url(),
-               PYTHONWARNINGS="ignore")
+               PYTHONWARNINGS="ignore", **env_vars)
     return subprocess.run([sys.executable, str(MANAGE), "hq_check", *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
-def hq_check(*args: str, database_url: str | None = None) -> tuple[int, str]:
+def hq_check(*args: str, database_url: str | None = None, **env_vars: str) -> tuple[int, str]:
     """Exit code and the status line (the first line; Nagios reads any further lines as
     long output, so only an error message may add some)."""
-    out = run_hq_check(*args, database_url=database_url)
+    out = run_hq_check(*args, database_url=database_url, **env_vars)
     lines = out.stdout.strip().splitlines()
     assert lines and not out.stderr.strip(), (out.stdout, out.stderr)
     if database_url is None:
@@ -138,6 +140,61 @@ def test_windowed_failure_rate_from_rollups(gm1: Server) -> None:
     rc, line = hq_check("--function", "mail", "--metric", "failure_rate", "--window", "3600",
                         "--warning", "0.1", "--critical", "0.5")
     assert rc == 2 and "failure_rate is 0.93" in line
+
+
+def jobs_took(server: Server, function: str, took_ms: float, *, n: int,
+              finished_ago: float) -> None:
+    """``n`` jobs of ``function`` that finished ``finished_ago`` seconds ago, ``took_ms``
+    after their submit."""
+    boot, _ = Boot.objects.get_or_create(server=server, token="1",
+                                         defaults={"first_seen": ago(86400)})
+    done = ago(finished_ago)
+    for i in range(n):
+        add_job(boot, f"H:{function}:{finished_ago}:{i}", function=function,
+                submitted_at=done - timedelta(milliseconds=took_ms), finished_at=done,
+                started_at=done - timedelta(milliseconds=30), runtime_ms=30)
+
+
+def test_time_to_complete_p95_over_the_window(gm1: Server) -> None:
+    jobs_took(gm1, "render", 3000, n=10, finished_ago=60)
+    jobs_took(gm1, "render", 60_000, n=3, finished_ago=1000)  # outside a 5 minute window
+    jobs_took(gm1, "mail", 90_000, n=1, finished_ago=30)  # not the function asked about
+    p95 = num(histogram.percentile(histogram.from_values([3000] * 10), 95) or 0)
+    rc, line = hq_check("--function", "render", "--metric", "time_to_complete_p95",
+                        "--window", "300", "--warning", "1000", "--critical", "5000")
+    assert rc == 1
+    assert line == (f"HQ TIME_TO_COMPLETE_P95 WARNING - render time_to_complete_p95 is {p95} "
+                    f"| time_to_complete_p95={p95};1000;5000")
+    assert PERFDATA.match(line.split(" | ")[1])
+    rc, line = hq_check("--function", "render", "--metric", "time_to_complete_p95",
+                        "--window", "3600", "--warning", "1000", "--critical", "5000")
+    slow = num(histogram.percentile(histogram.from_values([3000] * 10 + [60_000] * 3), 95)
+               or 0)
+    assert rc == 2 and f"render time_to_complete_p95 is {slow} |" in line
+    rc, line = hq_check("--function", "r*", "--metric", "time_to_complete_p95",
+                        "--window", "60", "--warning", "1000", "--critical", "5000")
+    assert rc == 3 and line == "HQ TIME_TO_COMPLETE_P95 UNKNOWN - no data for 'r*'"
+
+
+def test_server_down_names_the_server(gm1: Server) -> None:
+    """0 while gearmand answers the poll; the seconds since its last answer once the
+    poller says it is down. The function glob does not apply to a per-server metric."""
+    gm2 = Server.objects.create(name="gm2")
+    Server.objects.filter(pk=gm1.pk).update(last_seen=timezone.now())
+    ServerState.objects.create(server=gm1, up=True, polled_at=timezone.now())
+    Server.objects.filter(pk=gm2.pk).update(last_seen=ago(300))
+    ServerState.objects.create(server=gm2, up=False, polled_at=timezone.now(),
+                               down_since=ago(290), failed_polls=58)
+    # a poll interval of 60 s: the check's own start-up never makes gm1 look silent
+    rc, line = hq_check("--metric", "server_down", "--warning", "30", "--critical", "120",
+                        HQ_POLL_INTERVAL="60")
+    assert rc == 2, line
+    assert re.fullmatch(r"HQ SERVER_DOWN CRITICAL - server gm2 server_down is (3\d\d(\.\d+)?) "
+                        r"\| server_down=\1;30;120", line), line
+    rc, line = hq_check("--metric", "server_down", "--server", "gm1", "--function", "resize",
+                        "--warning", "30", "--critical", "120", HQ_POLL_INTERVAL="60")
+    assert (rc, line) == (0, "HQ SERVER_DOWN OK - server gm1 server_down is 0 "
+                             "| server_down=0;30;120")
 
 
 def test_unknown_metric_is_3(gm1: Server) -> None:

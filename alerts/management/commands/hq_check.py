@@ -13,14 +13,17 @@ class Command(BaseCommand):
     help = "Check one HQ metric like a Nagios plugin (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--function", default="*", help="function name or glob")
+        parser.add_argument("--function", default="*",
+                            help="function name or glob (per-server metrics such as "
+                                 "server_down and tap_health ignore it)")
         parser.add_argument("--metric", default="queue_depth")
         parser.add_argument("--warning", type=float, required=True)
         parser.add_argument("--critical", type=float, required=True)
         parser.add_argument("--below", action="store_true",
                             help="lower is worse (e.g. workers)")
         parser.add_argument("--window", type=int, default=300,
-                            help="seconds, for failure_rate, runtime_p95, drain_time")
+                            help="seconds, for failure_rate, runtime_p95, drain_time, "
+                                 "time_to_complete_p95")
         parser.add_argument("--server", default=None)
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
