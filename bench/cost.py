@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -47,7 +48,6 @@ from common import (  # bench/ is a directory of scripts, not a package
     PrivatePostgres,
     Proc,
     ProcessSet,
-    count_jobs,
     descendants,
     free_port,
     machine_info,
@@ -86,6 +86,9 @@ class Config:
     json_path: Path | None
     keep_logs: Path | None
     tap_env: dict[str, str]
+    py_spy: Path | None = None
+    setup_sql: tuple[str, ...] = ()
+    pg_stats: bool = False
 
 
 @dataclass
@@ -141,6 +144,8 @@ class Roots:
     gearmand: int
     postmaster: int
     redis: int
+    #: processes not counted: the bench's own Postgres backend (it polls for the rows)
+    exclude: frozenset[int] = frozenset()
 
     def snapshot(self) -> dict[int, tuple[str, int]]:
         """pid → (role, CPU ticks) of every process of every role, now."""
@@ -148,6 +153,8 @@ class Roots:
         for role, root in (("gearmand", self.gearmand), ("postgres", self.postmaster),
                            ("redis", self.redis), ("tap", self.tap)):
             for pid in (root, *descendants(root)):
+                if pid in self.exclude:
+                    continue
                 stat = _stat(pid)
                 if stat is None:
                     continue
@@ -177,6 +184,8 @@ class Services:
     redis: Proc
     redis_url: str
     procs: ProcessSet
+    probe: Any  # the bench's own connection (psycopg), whose backend is not counted
+    probe_pid: int
 
 
 def postmaster_pid(pg: PrivatePostgres) -> int:
@@ -184,19 +193,64 @@ def postmaster_pid(pg: PrivatePostgres) -> int:
 
 
 @contextlib.contextmanager
-def private_services() -> Iterator[Services]:
+def private_services(setup_sql: Sequence[str] = (), *, pg_stats: bool = False,
+                     ) -> Iterator[Services]:
     with contextlib.ExitStack() as stack:
         pg = PrivatePostgres()
         stack.callback(pg.destroy)
         pg.init()
+        if pg_stats:
+            with (pg.data / "postgresql.conf").open("a") as conf:
+                conf.write("shared_preload_libraries = 'pg_stat_statements'\n"
+                           "pg_stat_statements.track = all\n")
         pg.start()
         db_url = pg.url("gearman_hq_cost")
         print(f"private Postgres on 127.0.0.1:{pg.port}; migrating", flush=True)
         prepare_database(db_url, migrate=True)
+        run_sql(db_url, [*setup_sql, *(
+            ["CREATE EXTENSION IF NOT EXISTS pg_stat_statements"] if pg_stats else [])])
         procs = stack.enter_context(process_set())
         port = free_port()
         redis = start_redis(procs, port)
-        yield Services(pg, db_url, redis, f"redis://127.0.0.1:{port}/0", procs)
+        import psycopg
+
+        probe = stack.enter_context(psycopg.connect(db_url, autocommit=True))
+        backend = probe.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend is not None
+        yield Services(pg, db_url, redis, f"redis://127.0.0.1:{port}/0", procs, probe,
+                       int(backend[0]))
+
+
+def run_sql(db_url: str, statements: Sequence[str]) -> None:
+    """--sql: statements run once after migrating, e.g. to measure an index's share."""
+    if not statements:
+        return
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in statements:
+            print(f"  setup: {statement}", flush=True)
+            conn.execute(statement.encode())
+
+
+def pg_report(db_url: str) -> str:
+    """--pg-stats: where Postgres spent its time (statements) and the rows each table got."""
+    import psycopg
+
+    lines = ["Postgres, whole run: statements by total time (ms, calls, rows)"]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for total, calls, rows, query in conn.execute(
+                "SELECT total_exec_time + total_plan_time, calls, rows, query"
+                " FROM pg_stat_statements ORDER BY 1 DESC LIMIT 12"):
+            text = " ".join(str(query).split())[:110]
+            lines.append(f"  {total:10.0f} {calls:7d} {rows:9d}  {text}")
+        lines.append("tables: inserted, updated (HOT), deleted rows")
+        for name, ins, upd, hot, dele in conn.execute(
+                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del"
+                " FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd > 0"
+                " ORDER BY n_tup_ins + n_tup_upd DESC LIMIT 8"):
+            lines.append(f"  {name:32} {ins:9d} {upd:9d} ({hot}) {dele:9d}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- one mode
@@ -216,8 +270,8 @@ def start_tap(procs: ProcessSet, cfg: Config, svc: Services, mode: str, gport: i
     env = {"DATABASE_URL": svc.db_url, "REDIS_URL": svc.redis_url,
            "HQ_SPOOL_DIR": str(procs.workdir / "spool"), "HQ_LOG_LEVEL": "INFO",
            "PYTHONUNBUFFERED": "1", **cfg.tap_env}
-    tap = procs.spawn(f"tap-{mode}", tap_argv(mode, gport, cport, server), env=env,
-                      cwd=PROJECT_DIR)
+    argv = tap_argv(mode, gport, cport, server)
+    tap = procs.spawn(f"tap-{mode}", argv, env=env, cwd=PROJECT_DIR)
     deadline = time.monotonic() + 60
     while READY[mode] not in tap.output(200_000):
         if not tap.alive():
@@ -232,16 +286,32 @@ def start_tap(procs: ProcessSet, cfg: Config, svc: Services, mode: str, gport: i
     return tap
 
 
-def wait_recorded(db_url: str, m: Measure, timeout: float) -> None:
+def profile(procs: ProcessSet, where: Path, tap: Proc, name: str) -> Proc:
+    """Sample the tap (and its children) with py-spy, in a process group of its own so its
+    CPU is not counted as the tap's; collapsed stacks go to ``where/name.txt``."""
+    where.mkdir(parents=True, exist_ok=True)
+    argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(tap.pid),
+            "--subprocesses", "--nonblocking", "--rate", "200", "--format", "raw",
+            "--output", str(where / f"{name}.txt")]
+    spy = procs.spawn(f"py-spy-{name}", argv)
+    time.sleep(1.0)
+    return spy
+
+
+COUNT_JOBS = ("SELECT count(*), count(*) FILTER (WHERE state = 'completed') FROM jobs_job"
+              " WHERE function = %s")
+
+
+def wait_recorded(svc: Services, m: Measure, timeout: float) -> None:
+    """Poll (over the bench's own connection, whose CPU is not counted) until every job
+    of the workload is recorded completed."""
     deadline = time.monotonic() + timeout
     while True:
-        counts = count_jobs(db_url, [m.function])
-        if isinstance(counts, str):
-            raise BenchError(counts)
-        m.recorded, m.completed = counts.get(m.function, (0, 0))
+        row = svc.probe.execute(COUNT_JOBS, (m.function,)).fetchone()
+        m.recorded, m.completed = int(row[0]), int(row[1])
         if m.completed >= m.ok or time.monotonic() > deadline:
             return
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 def run_workload(procs: ProcessSet, cfg: Config, svc: Services, roots: Roots, m: Measure,
@@ -265,7 +335,7 @@ def run_workload(procs: ProcessSet, cfg: Config, svc: Services, roots: Roots, m:
     done = time.monotonic()
     m.ok = sum(o.ok for o in outputs)
     m.wall_s = done - started
-    wait_recorded(svc.db_url, m, cfg.record_timeout_s)
+    wait_recorded(svc, m, cfg.record_timeout_s)
     m.record_s = time.monotonic() - done
     after = roots.snapshot()
     m.cpu_s = cpu_delta(before, after)
@@ -286,7 +356,9 @@ def run_mode(cfg: Config, svc: Services, mode: str, rep: int) -> list[Measure]:
             gearmand = start_gearmand(procs, HOST, gport)
             server = f"cost{mode[0]}{secrets.token_hex(3)}"
             tap = start_tap(procs, cfg, svc, mode, gport, cport, server)
-            roots = Roots(tap.pid, gearmand.pid, postmaster_pid(svc.pg), svc.redis.pid)
+            roots = Roots(tap.pid, gearmand.pid, postmaster_pid(svc.pg), svc.redis.pid,
+                          frozenset({svc.probe_pid}))
+            spy = None if cfg.py_spy is None else profile(procs, cfg.py_spy, tap, server)
             for kind in cfg.kinds:
                 m = Measure(mode, kind, rep, f"cost_{kind}_{mode}_{secrets.token_hex(4)}",
                             cfg.jobs)
@@ -296,6 +368,8 @@ def run_mode(cfg: Config, svc: Services, mode: str, rep: int) -> list[Measure]:
                     m.error = str(exc)
                 print_measure(m)
                 results.append(m)
+            if spy is not None:
+                procs.stop(spy, timeout=30, sig=signal.SIGINT)  # py-spy writes on SIGINT
             if not tap.alive():
                 for m in results:
                     m.error = m.error or f"the tap exited (rc {tap.popen.returncode})"
@@ -389,6 +463,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
                    help="extra environment for the tap (repeatable)")
     p.add_argument("--json", type=Path, dest="json_path", help="write raw figures here")
     p.add_argument("--keep-logs", type=Path, help="copy the taps' logs under this directory")
+    p.add_argument("--py-spy", type=Path, metavar="DIR",
+                   help="sample each tap with py-spy (collapsed stacks into DIR)")
+    p.add_argument("--sql", action="append", default=[], metavar="STATEMENT",
+                   help="run on the private database after migrating (repeatable), e.g. "
+                        "'DROP INDEX job_search_trgm' to measure what that index costs")
+    p.add_argument("--pg-stats", action="store_true",
+                   help="load pg_stat_statements and print where Postgres spent its time")
     a = p.parse_args(argv)
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
@@ -396,7 +477,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         p.error(f"unknown modes or kinds: {', '.join(sorted(unknown))}")
     tap_env = dict(item.split("=", 1) for item in a.tap_env)
     return Config(modes, kinds, a.jobs, a.clients, a.workers, a.fg_clients, a.reps,
-                  a.record_timeout, a.json_path, a.keep_logs, tap_env)
+                  a.record_timeout, a.json_path, a.keep_logs, tap_env, a.py_spy,
+                  tuple(a.sql), a.pg_stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -414,10 +496,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{cfg.fg_clients} client(s); {cfg.workers} workers; {cfg.reps} rep(s)\n", flush=True)
     results: list[Measure] = []
     try:
-        with private_services() as svc:
+        with private_services(cfg.setup_sql, pg_stats=cfg.pg_stats) as svc:
             for rep in range(cfg.reps):
                 for mode in cfg.modes:
                     results.extend(run_mode(cfg, svc, mode, rep))
+            if cfg.pg_stats:
+                print(f"\n{pg_report(svc.db_url)}")
     except KeyboardInterrupt:
         print("\ninterrupted: everything started has been stopped; partial results:")
     except BenchError as exc:
@@ -429,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.json_path:
         cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
         data = {"machine": info, "config": {**asdict(cfg), "json_path": str(cfg.json_path),
-                                            "keep_logs": str(cfg.keep_logs)},
+                                            "keep_logs": str(cfg.keep_logs),
+                                            "py_spy": str(cfg.py_spy)},
                 "results": [asdict(m) for m in results], "summary": summary}
         cfg.json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return 0 if results and not any(m.error for m in results) else 1
