@@ -55,7 +55,11 @@ class CaptureSource:
         self.idle_tick = idle_tick
         self.reassembler = reassembler or TcpReassembler(port, sink)
         self.pcap = PcapStream()
-        self.decoder: TcpDecoder | None = None
+
+    @property
+    def decoder(self) -> TcpDecoder | None:
+        """The TCP decoder, once the stream's link type is known."""
+        return self.pcap.decoder
 
     @property
     def captured(self) -> int:
@@ -113,15 +117,4 @@ class CaptureSource:
 
     def _consume(self, chunk: bytes) -> None:
         """The per-segment path: pcap records → TCP segments → reassembler."""
-        frames = self.pcap.feed(chunk)
-        if not frames:
-            return
-        decoder = self.decoder
-        if decoder is None:
-            decoder = self.decoder = TcpDecoder(self.pcap.linktype or 0)
-        decode = decoder.decode
-        handle = self.reassembler.handle
-        for ts, frame in frames:
-            segment = decode(frame)
-            if segment is not None:
-                handle(ts, segment)
+        self.pcap.feed_segments(chunk, self.reassembler.handle)

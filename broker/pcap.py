@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html).
@@ -132,28 +133,56 @@ class PcapStream:
         self._need = 24  # bytes the pending tail must reach before parsing can progress
         self._record = struct.Struct("<IIII")
         self._scale = 1e-6
+        self.decoder: TcpDecoder | None = None  # made by feed_segments
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[tuple[float, memoryview]]:
         """Parse ``chunk`` and return the completed ``(timestamp, frame)`` records."""
-        if self.error is not None or not chunk:
+        data, offset = self._take(chunk)
+        if data is None:
             return []
+        frames, offset = self._records(data, offset)
+        self._keep(data, offset)
+        return frames
+
+    def feed_segments(self, chunk: bytes | bytearray | memoryview,
+                      handle: Callable[[float, TcpSegment], None]) -> None:
+        """Parse ``chunk`` and call ``handle(timestamp, segment)`` for the TCP segment of
+        each completed record, decoded by :attr:`decoder` (made for the stream's link
+        type once its header is read).
+
+        The capture's per-segment path: the same records and segments as :meth:`feed`
+        then :meth:`TcpDecoder.decode`, without a memoryview, a tuple and a list entry
+        per record in between."""
+        data, offset = self._take(chunk)
+        if data is None:
+            return
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.decoder = TcpDecoder(self.linktype or 0)
+        self._keep(data, self._segments(data, offset, decoder.decode_at, handle))
+
+    def _take(self, chunk: bytes | bytearray | memoryview) -> tuple[bytes | None, int]:
+        """The bytes to parse now (pending ones first) and where records start in them;
+        (None, 0) when there is nothing to parse yet."""
+        if self.error is not None or not chunk:
+            return None, 0
         if self._pending or len(chunk) < self._need:
             self._pending += chunk
             if len(self._pending) < self._need:
-                return []
+                return None, 0
             data = bytes(self._pending)
             self._pending.clear()
         else:
             data = bytes(chunk)
-        offset = 0
         if self.linktype is None:
             if not self._read_header(data):
-                return []
-            offset = 24
-        frames, offset = self._records(data, offset)
+                return None, 0
+            return data, 24
+        return data, 0
+
+    def _keep(self, data: bytes, offset: int) -> None:
         if offset < len(data):
             self._pending += memoryview(data)[offset:]
-        return frames
 
     def _read_header(self, data: bytes) -> bool:
         """Parse the global header: byte order and time unit from the magic, link type."""
@@ -201,6 +230,39 @@ class PcapStream:
         self.frames += len(frames)
         return frames, offset
 
+    def _segments(
+        self,
+        data: bytes,
+        offset: int,
+        decode_at: Callable[[bytes, int, int], TcpSegment | None],
+        handle: Callable[[float, TcpSegment], None],
+    ) -> int:
+        """Like :meth:`_records`, handing each record's segment on; returns the rest's
+        offset."""
+        unpack = self._record.unpack_from
+        scale = self._scale
+        end_of_data = len(data)
+        frames = 0
+        while end_of_data - offset >= 16:
+            sec, frac, caplen, _wirelen = unpack(data, offset)
+            end = offset + 16 + caplen
+            if end > end_of_data:
+                if caplen > MAX_RECORD:
+                    self.error = f"corrupt pcap record (caplen {caplen})"
+                    offset = end_of_data
+                    break
+                self._need = 16 + caplen
+                break
+            frames += 1
+            segment = decode_at(data, offset + 16, end)
+            if segment is not None:
+                handle(sec + frac * scale, segment)
+            offset = end
+        else:
+            self._need = 16
+        self.frames += frames
+        return offset
+
 
 class TcpDecoder:
     """Decodes frames of one link type into TCP segments, counting what it skips.
@@ -226,6 +288,24 @@ class TcpDecoder:
             "fragments": self.fragments,
             "other": self.other,
         }
+
+    def decode_at(self, data: bytes, start: int, end: int) -> TcpSegment | None:
+        """The segment of the frame ``data[start:end]``: :meth:`decode` without the slice
+        for the common frame (Ethernet, IPv4 without options, TCP, not cut by the snap
+        length), read in place; anything else goes through :meth:`decode`."""
+        if self.linktype == LINKTYPE_ETHERNET and end - start >= 54:
+            ethertype, vihl, total, frag, proto, src, dst = _ETH_IP4.unpack_from(data, start)
+            if (vihl == 0x45 and ethertype == _ETHERTYPE_IPV4 and proto == _IPPROTO_TCP
+                    and not frag & 0x3FFF):
+                ip_end = start + 14 + total if total else end
+                sport, dport, seq, ack, doff, flags = _TCP.unpack_from(data, start + 34)
+                head = (doff >> 4) * 4
+                payload_at = start + 34 + head
+                if head >= 20 and payload_at <= ip_end <= end:
+                    self.segments += 1
+                    return _new_segment(TcpSegment, (src, sport, dst, dport, seq, ack, flags,
+                                                     data[payload_at:ip_end]))
+        return self.decode(memoryview(data)[start:end])
 
     def decode(self, frame: Frame) -> TcpSegment | None:
         """The TCP segment carried by ``frame``, or None (counted) when there is none."""

@@ -31,13 +31,6 @@ PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 FRAME = struct.Struct(">I")
 
-Wire = tuple[str, int, str, int]
-
-
-def _wire(conn: ConnKey) -> Wire:
-    return (conn.peer_host, conn.peer_port, conn.server_host, conn.server_port)
-
-
 def make_pipe() -> tuple[int, int]:
     """(read fd, write fd): a pipe as large as the kernel allows, non-blocking to write."""
     read_fd, write_fd = os.pipe()
@@ -64,7 +57,7 @@ class PipeSink:
         return {"batches": self.batches, **self.losses.stats()}
 
     def on_open(self, conn: ConnKey, ts: float, *, mid_stream: bool = False) -> None:
-        self._add((OPEN_MID if mid_stream else OPEN, _wire(conn), ts))
+        self._add((OPEN_MID if mid_stream else OPEN, conn, ts))
 
     def on_data(self, conn: ConnKey, from_peer: bool, data: bytes, ts: float) -> None:
         if len(self._backlog) > BACKLOG_MAX:
@@ -72,14 +65,14 @@ class PipeSink:
             return
         if self.losses.owed:
             self.losses.settle(conn, from_peer, ts, self.on_gap)
-        self._add((DATA, _wire(conn), ts, from_peer, data))
+        self._add((DATA, conn, ts, from_peer, data))
 
     def on_gap(self, conn: ConnKey, from_peer: bool, ts: float, lost: int) -> None:
-        self._add((GAP, _wire(conn), ts, from_peer, lost))
+        self._add((GAP, conn, ts, from_peer, lost))
 
     def on_close(self, conn: ConnKey, ts: float) -> None:
         self.losses.settle_both(conn, ts, self.on_gap)
-        self._add((CLOSE, _wire(conn), ts))
+        self._add((CLOSE, conn, ts))
 
     def _add(self, item: tuple[Any, ...]) -> None:
         self._batch.append(item)
@@ -132,15 +125,14 @@ def _frames(read_fd: int) -> Any:
 
 
 def replay(read_fd: int, sink: StreamSink) -> int:
-    """Feed ``sink`` with every batch that arrives; returns the callbacks replayed."""
-    keys: dict[Wire, ConnKey] = {}
+    """Feed ``sink`` with every batch that arrives; returns the callbacks replayed.
+
+    A connection's key is pickled once per batch (pickle's memo: the proxy hands the
+    same ConnKey object with each chunk), and arrives as one object per batch."""
     count = 0
     for batch in _frames(read_fd):
         for item in batch:
-            kind, wire, ts = item[0], item[1], item[2]
-            key = keys.get(wire)
-            if key is None:
-                key = keys[wire] = ConnKey(*wire)
+            kind, key, ts = item[0], item[1], item[2]
             if kind == DATA:
                 sink.on_data(key, item[3], item[4], ts)
             elif kind in (OPEN, OPEN_MID):
@@ -149,6 +141,5 @@ def replay(read_fd: int, sink: StreamSink) -> int:
                 sink.on_gap(key, item[3], ts, item[4])
             else:
                 sink.on_close(key, ts)
-                keys.pop(wire, None)
         count += len(batch)
     return count

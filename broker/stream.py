@@ -11,13 +11,16 @@ source calls it from its hot loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class ConnKey:
-    """One TCP connection, named by the peer (client or worker) side and the server side."""
+class ConnKey(NamedTuple):
+    """One TCP connection, named by the peer (client or worker) side and the server side.
+
+    A NamedTuple (immutable like a frozen dataclass): it is a dict key on every packet's
+    path (parsers, tracker connections, waiters), and a tuple hashes and compares in C
+    where a dataclass calls its Python ``__hash__``/``__eq__``.
+    """
 
     peer_host: str
     peer_port: int

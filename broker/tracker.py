@@ -73,6 +73,12 @@ FINISH_KIND: dict[int, str] = {
     T.WORK_COMPLETE: "completed", T.WORK_FAIL: "failed", T.WORK_EXCEPTION: "exception",
 }
 PROGRESS_KIND: dict[int, str] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
+# Plain ints for the comparisons on every packet: reading an IntEnum member off its class
+# goes through a Python-level descriptor (enum's property) each time.
+_WORK_STATUS, _SET_CLIENT_ID, _JOB_CREATED = int(T.WORK_STATUS), int(T.SET_CLIENT_ID), int(
+    T.JOB_CREATED)
+_ERROR, _SUBMIT_JOB_EPOCH, _JOB_ASSIGN = int(T.ERROR), int(T.SUBMIT_JOB_EPOCH), int(
+    T.JOB_ASSIGN)
 
 #: The tracker's counters (the Cleaner adds values_cleaned, bad_numbers, bad_epochs).
 COUNTERS = (
@@ -191,7 +197,7 @@ class Tracker(BootTracking):
             handle = self.clean.handle(args[0])
             if self._may_reply(conn, handle):
                 self._finish(conn, FINISH_KIND[ptype], handle, args, ts)
-        elif ptype == T.WORK_STATUS:
+        elif ptype == _WORK_STATUS:
             handle = self.clean.handle(args[0])
             if self._may_reply(conn, handle):
                 self._emit("status", handle, ts, conn, numerator=self.clean.int8(args[1]),
@@ -201,16 +207,16 @@ class Tracker(BootTracking):
             if self._may_reply(conn, handle):
                 data, size = self._cap(args[1])
                 self._emit(PROGRESS_KIND[ptype], handle, ts, conn, data=data, size=size)
-        elif ptype == T.SET_CLIENT_ID:
+        elif ptype == _SET_CLIENT_ID:
             conn.client_id = self.clean.name(args[0], WORKER_MAX)
 
     def _response(self, conn: Conn, pkt: Packet, ts: float) -> None:
         ptype = pkt.type
-        if ptype == T.JOB_CREATED:
+        if ptype == _JOB_CREATED:
             self._created(conn, self.clean.handle(pkt.args[0]), ts)
         elif ptype in ASSIGN_TYPES:
             self._assigned(conn, pkt, ts)
-        elif ptype == T.ERROR and conn.pending:
+        elif ptype == _ERROR and conn.pending:
             self._next_submit(conn)  # the submit was refused (e.g. SUBMIT_JOB_SCHED)
         elif ptype in FINISH_KIND:
             handle = self.clean.handle(pkt.args[0])
@@ -259,7 +265,7 @@ class Tracker(BootTracking):
 
     def _submit(self, ptype: int, args: tuple[bytes, ...], ts: float) -> Submit:
         priority, background = PRIORITY[ptype]
-        epoch, why = self.clean.epoch(args[2]) if ptype == T.SUBMIT_JOB_EPOCH else (None, "")
+        epoch, why = self.clean.epoch(args[2]) if ptype == _SUBMIT_JOB_EPOCH else (None, "")
         data, size = self._cap(args[-1])
         clean = self.clean
         return Submit(clean.name(args[0], FUNCTION_MAX), clean.name(args[1], UNIQUE_MAX),
@@ -305,7 +311,7 @@ class Tracker(BootTracking):
         args = pkt.args
         handle = self.clean.handle(args[0])
         function = self.clean.name(args[1], FUNCTION_MAX)
-        unique = self.clean.name(args[2], UNIQUE_MAX) if pkt.type != T.JOB_ASSIGN else None
+        unique = self.clean.name(args[2], UNIQUE_MAX) if pkt.type != _JOB_ASSIGN else None
         job = self._jobs.get(handle)
         if job is None and self._late_assignment(handle, function, unique, ts):
             return

@@ -61,9 +61,12 @@ class Delta:
     clients: Integer = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventRow:
-    """An event as the writer stores it (the tracker's Event plus resolved ids)."""
+    """An event as the writer stores it (the tracker's Event plus resolved ids).
+
+    Never changed once built; not ``frozen`` because a frozen dataclass builds (and
+    unpickles from the spool) field by field through Python, 3× slower per row."""
 
     id: object
     at: datetime

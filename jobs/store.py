@@ -75,6 +75,12 @@ COPY_STAGE = copy_from_stdin(STAGE, STAGE_COLUMNS)
 STAGE_TYPES = copy_types(STAGE_COLUMNS)
 UPSERT_JOBS = load_sql("upsert_jobs.sql").format(job=table(Job), stage=sql.Identifier(STAGE))
 UPSERT_SERVER = load_sql("upsert_server.sql").format(server=table(Server))
+#: The upsert's UPDATE joins a batch's deltas (a few thousand) to the job table by its
+#: unique (boot_id, handle) index. The staging table has no statistics and the job
+#: table's lag behind its growth, so the planner would otherwise often hash the *whole*
+#: job table for every batch (a cost that grows with the table: 17 ms a batch at 19k jobs,
+#: measured with auto_explain). For the rest of the batch's transaction only.
+JOIN_BY_INDEX = sql.SQL("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
 INSERT_BOOT = sql.SQL(
     "INSERT INTO {} (server_id, token, first_seen) VALUES (%s, %s, %s) "
     "ON CONFLICT (server_id, token) DO NOTHING").format(table(Boot))
@@ -131,5 +137,6 @@ def upsert_jobs(conn: Conn, server: int, boots: dict[str, int],
             values = delta_values
             for d in deltas:
                 copy.write_row((boots[d.boot], *values(d)))
+        cur.execute(JOIN_BY_INDEX)
         cur.execute(UPSERT_JOBS, {"server": server})
         return cur.fetchall()

@@ -8,7 +8,9 @@ ORM. The writer has its own psycopg connection, so these tests need committed da
 
 from __future__ import annotations
 
+import pickle
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from django.db import connection
 from broker.protocol import PacketType, req, res
 from broker.stream import ConnKey
 from broker.tracker import Event, Tracker
-from jobs.ingest import EventWriter
+from jobs.ingest import EventWriter, event_id
 from jobs.models import Job, JobEvent
 from jobs.spool import Spool
 from tests.support.ingest import CLIENT, DOWN, WORKER, WriterFactory
@@ -83,7 +85,7 @@ def test_one_job_across_two_batches(make_writer: WriterFactory, server: str) -> 
     assert (j.function, j.unique, j.priority, j.background, j.clients) == (
         "reverse", "u-1", "normal", False, 1)
     assert (j.payload, j.payload_size, j.payload_truncated) == ("hello", 5, False)
-    assert j.boot.token == BOOT
+    assert j.boot is not None and j.boot.token == BOOT
 
     emit_all(writer,
              ev("started", t0 + 0.25, function="reverse", unique="u-1", worker="w1",
@@ -213,7 +215,7 @@ def test_the_same_spooled_batch_replayed_twice_inserts_once(
                   ev("attached", t0 + 0.5, background=True),
                   ev("started", t0 + 1, worker="w1"),
                   ev("completed", t0 + 2, worker="w1", data=b"done", size=4))
-    spool = Spool(tmp_path / "spool" / server)
+    spool: Spool[object] = Spool(tmp_path / "spool" / server)
     item = spool.oldest()
     assert item is not None
     spool.put(item[1])  # as if the first replay committed but its file was not removed
@@ -369,3 +371,12 @@ def test_epoch_submit_is_a_scheduled_job(make_writer: WriterFactory, server: str
     j = job(server)
     assert (j.state, j.scheduled_for, j.background, j.payload) == (
         "scheduled", dt(run_at), True, "later")
+
+
+def test_event_id_is_the_uuid_of_its_value() -> None:
+    """The writer's fast id (one per event) is the same UUID ``uuid.UUID(int=...)`` makes:
+    equal, same hash, bytes, text and pickle, so COPY and the spool see no difference."""
+    for value in (0, 1, uuid.uuid4().int, (1 << 128) - 1):
+        fast, slow = event_id(value), uuid.UUID(int=value)
+        assert fast == slow and hash(fast) == hash(slow) and fast.bytes == slow.bytes
+        assert str(fast) == str(slow) and pickle.loads(pickle.dumps(fast)) == slow

@@ -62,13 +62,20 @@ class RecordingSink:
 
 
 class Replay:
-    """A pcap byte stream pushed through PcapStream → TcpDecoder → TcpReassembler."""
+    """A pcap byte stream pushed through PcapStream → TcpDecoder → TcpReassembler, the
+    way capture mode does it (``PcapStream.feed_segments``), or, with ``per_frame``,
+    through ``PcapStream.feed`` and ``TcpDecoder.decode`` one frame at a time."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, per_frame: bool = False, **options: Any) -> None:
         self.sink = RecordingSink()
         self.pcap = PcapStream()
-        self.decoder: TcpDecoder | None = None
+        self.per_frame = per_frame
+        self._decoder: TcpDecoder | None = None
         self.reassembler = TcpReassembler(4730, self.sink, **options)
+
+    @property
+    def decoder(self) -> TcpDecoder | None:
+        return self._decoder if self.per_frame else self.pcap.decoder
 
     def feed(self, data: bytes, chunk_sizes: list[int] | None = None) -> Replay:
         pos = 0
@@ -80,10 +87,13 @@ class Replay:
         return self
 
     def _push(self, chunk: bytes) -> None:
+        if not self.per_frame:
+            self.pcap.feed_segments(chunk, self.reassembler.handle)
+            return
         for ts, frame in self.pcap.feed(chunk):
-            if self.decoder is None:
-                self.decoder = TcpDecoder(self.pcap.linktype or 0)
-            segment = self.decoder.decode(frame)
+            if self._decoder is None:
+                self._decoder = TcpDecoder(self.pcap.linktype or 0)
+            segment = self._decoder.decode(frame)
             if segment is not None:
                 self.reassembler.handle(ts, segment)
 

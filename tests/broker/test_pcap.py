@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.pcap import PcapStream, TcpDecoder
+from broker.pcap import PcapStream, TcpDecoder, TcpSegment
 from broker.stream import ConnKey
 
 from . import pcapgen
@@ -111,6 +111,66 @@ def test_ipv6_extension_headers_are_skipped() -> None:
     )
     segment = TcpDecoder(1).decode(frame)
     assert segment is not None and segment.payload == b"payload" and segment.seq == 77
+
+
+def _odd_frames(conv: pcapgen.Conversation) -> list[bytes]:
+    """Frames the in-place fast path must leave to decode(), and some it takes."""
+    good = conv.data(True, 0, b"hello")
+    cut = bytearray(conv.data(True, 5, b"0123456789"))
+    cut[16:18] = (len(cut) - 14 + 40).to_bytes(2, "big")  # IP total past the frame: truncated
+    bad_offset = bytearray(conv.data(True, 5, b"x"))
+    bad_offset[14 + 20 + 12] = 0x30  # TCP data offset 12 bytes (< 20)
+    big_offset = bytearray(conv.data(True, 6, b"y"))
+    big_offset[14 + 20 + 12] = 0xF0  # data offset 60 bytes, past the IP packet
+    options = pcapgen.link_frame(1, b"\x46" + pcapgen.ipv4_packet(
+        conv.peer, conv.server, b"\0\0\0\0" + pcapgen.tcp_header(40000, 4730, 9) + b"opt")[1:])
+    return [
+        good, good[:20], good[:40], good[:54], bytes(cut), bytes(bad_offset), bytes(big_offset),
+        options, conv.data(False, 0, b"reply"), conv.syn(), conv.fin(True, 5), b"",
+        pcapgen.link_frame(1, pcapgen.ipv4_packet("1.2.3.4", "5.6.7.8", b"\0" * 40,
+                                                  frag=0x2000)),
+        pcapgen.link_frame(1, pcapgen.ipv4_packet("1.2.3.4", "5.6.7.8", b"\0" * 40, proto=17)),
+        pcapgen.link_frame(1, pcapgen.ipv4_packet(conv.peer, conv.server, pcapgen.tcp_header(
+            40000, 4730, 11) + b"zero total", total=0)),
+        good + b"\0" * 6,
+    ]
+
+
+def _segments_of(data: bytes, step: int) -> tuple[PcapStream, list[tuple[float, TcpSegment]]]:
+    stream = PcapStream()
+    got: list[tuple[float, TcpSegment]] = []
+
+    def keep(ts: float, segment: TcpSegment) -> None:
+        got.append((ts, segment))
+
+    for pos in range(0, len(data), step):
+        stream.feed_segments(data[pos:pos + step], keep)
+    return stream, got
+
+
+@pytest.mark.parametrize("linktype", [pcapgen.LINKTYPE_ETHERNET, pcapgen.LINKTYPE_LINUX_SLL])
+def test_feed_segments_decodes_what_feed_then_decode_does(linktype: int) -> None:
+    """Capture's fused path (records decoded in place) against the frame-by-frame one:
+    the same segments, times and counters, whatever the frame and the chunking."""
+    conv = pcapgen.Conversation(linktype=linktype)
+    writer = pcapgen.PcapWriter(linktype=linktype)
+    frames = _odd_frames(conv) if linktype == pcapgen.LINKTYPE_ETHERNET else [
+        conv.data(True, 0, b"hello"), conv.data(False, 0, b"reply"), conv.syn()]
+    for frame in frames:
+        writer.add(frame)
+    data = writer.to_bytes()
+    slow = PcapStream()
+    decoder = TcpDecoder(linktype)
+    expected = [(ts, seg) for ts, frame in slow.feed(data)
+                if (seg := decoder.decode(frame)) is not None]
+    for step in (len(data), 7, 1):
+        fast, got = _segments_of(data, step)
+        assert got == expected
+        assert fast.decoder is not None and fast.decoder.stats() == decoder.stats()
+        assert fast.frames == slow.frames == len(frames)
+    assert len(expected) >= 3
+    if linktype == pcapgen.LINKTYPE_ETHERNET:  # the odd frames were there, and counted
+        assert decoder.truncated and decoder.malformed and decoder.fragments and decoder.other
 
 
 def test_ethernet_padding_is_not_payload() -> None:
