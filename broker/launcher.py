@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from broker import gcpolicy
 from broker.proxy import Address, Proxy
 from broker.shippers import ShipMode
 from broker.stream import StreamSink
@@ -36,6 +37,7 @@ def _serve_one(
     """One process: its own loop, its own sink, its own listening socket."""
     install_uvloop()
     proxy = Proxy(listen, upstream, sink_factory(), reuse_port=reuse_port, ship=ship)
+    gcpolicy.for_hot_loop()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -107,7 +107,9 @@ class EventWriter:
 
     def emit(self, event: Event) -> None:
         self._queue.append(event)
-        if len(self._queue) >= self.batch:
+        # a full batch wakes the writer; once it is awake, Event.set (a lock and a
+        # notify in Python) is not paid again for every event while it writes
+        if len(self._queue) >= self.batch and not self._wake.is_set():
             self._wake.set()
 
     @property

@@ -24,6 +24,7 @@ from typing import Any, ParamSpec
 
 from django.conf import settings
 
+from broker import gcpolicy
 from broker.admin import AdminClient, AdminError, FunctionStatus, WorkerLine
 from broker.tap import TapSink, make_tap
 from jobs.ingest import EventWriter, conninfo_from_settings
@@ -88,6 +89,7 @@ class TapRunner:
         self._gap_marks: dict[str, int] = {}
 
     def start(self) -> None:
+        gcpolicy.for_hot_loop()
         self.watch.install()
         self.writer.start()
         self.watch.watch(self.writer.thread)
