@@ -256,7 +256,10 @@ class TapRunner:
             log.warning("missed jobs not looked for: %s", exc)
             close_old_connections()
             return
-        if gaps.mark is not None:
+        if gaps.mark is not None and not gaps.handles:
+            # only once a pass finds nothing missing below it: the lost events of the
+            # gaps found now can themselves be dropped (a full spool), and are then found
+            # again by the next pass, which by then sees the written ones as rows
             self._gap_marks[boot] = gaps.mark
         for handle in gaps.handles:
             self.writer.emit(Event("lost", boot, handle, now, detail=NOT_RECORDED))
