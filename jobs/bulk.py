@@ -134,7 +134,7 @@ def _act(bulk: BulkAction, job_id: int) -> str:
     try:
         if bulk.action == "retry":
             services.retry(job_id=job_id, user=actor, via=bulk.via,
-                           idempotency_key=f"bulk:{bulk.pk}:{job_id}", link_wait_s=0)
+                           idempotency_key=f"bulk:{bulk.pk}:{job_id}", link_wait_s=None)
         else:
             services.cancel(job_id=job_id, user=actor, via=bulk.via)
     except Unavailable:

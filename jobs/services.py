@@ -241,7 +241,7 @@ def submit(*, function: str, payload: bytes, unique: str = "", priority: str = "
             outcome = conn.wait(job.handle, wait_s)
     finally:
         conn.close()
-    return Submitted(link_submitted(job_id=job.pk, wait_s=0.5), outcome)
+    return Submitted(link_submitted(job_id=job.pk), outcome)
 
 
 def _schedule(*, function: str, payload: bytes, unique: str, priority: str, run_at: datetime,
@@ -292,9 +292,10 @@ def submit_recorded(*, function: str, payload: bytes, unique: str, priority: str
 
 
 def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
-          now: datetime | None = None, link_wait_s: float = 0.5) -> Job:
+          now: datetime | None = None, link_wait_s: float | None = 0.0) -> Job:
     """Submit a finished job again (same function, unique, priority and payload, always in
-    the background) as a new job whose ``retry_of`` is this one."""
+    the background) as a new job whose ``retry_of`` is this one. ``link_wait_s`` None:
+    do not look for the tap's row now (the scheduler's tick links it; bulk retries)."""
     now = now or timezone.now()
     key = check_name("idempotency_key", idempotency_key, 100, required=False)
     if key:
@@ -318,6 +319,8 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
                              reason=exc.message, code=exc.code)
         raise
     conn.close()
+    if link_wait_s is None:
+        return job
     return link_submitted(job_id=job.pk, wait_s=link_wait_s)
 
 
