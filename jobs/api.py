@@ -39,6 +39,8 @@ JOB_FILTERS = [
         ("submitted_before", "ISO 8601 time"),
         ("q", "handle, unique, function or payload text (substring)"),
         ("retry_of", "the id of a job: the jobs that retry it"),
+        ("priority", "high, normal or low"),
+        ("background", "true or false"),
     ]
 ]
 WAIT = OpenApiParameter("wait", OpenApiTypes.NUMBER, description=(

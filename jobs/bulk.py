@@ -71,6 +71,11 @@ def describe(action: str, count: int, filters: dict[str, str]) -> str:
     if filters.get("function"):
         words.append(f"`{filters['function']}`")
     words.append("job" if count == 1 else "jobs")
+    if filters.get("priority"):
+        words.insert(2, f"{filters['priority']}-priority")
+    if filters.get("background"):
+        words.insert(2, "background" if filters["background"].lower() == "true"
+                     else "foreground")
     for name, text in (("server", "on"), ("worker", "run by"), ("q", "matching"),
                        ("submitted_after", "submitted after"),
                        ("submitted_before", "submitted before"), ("retry_of", "retrying job")):

@@ -14,12 +14,12 @@ from .lookups import like_pattern  # importing it registers __ilike
 from .models import Job, JobEvent, SearchText, Server, State
 
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
-           "submitted_after", "submitted_before", "q", "retry_of")
+           "submitted_after", "submitted_before", "q", "retry_of", "priority", "background")
 STATES = {s.value for s in State}
 #: the longest value each filter may have (the column's own length; a time, a state list)
 FILTER_MAX = {"handle": 255, "function": 255, "unique": 255, "worker": 255, "server": 100,
               "state": 200, "submitted_after": 64, "submitted_before": 64, "q": 500,
-              "retry_of": 19}
+              "retry_of": 19, "priority": 6, "background": 5}
 
 
 def _time(name: str, raw: str) -> datetime:
@@ -90,6 +90,17 @@ def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) ->
         qs = qs.filter(submitted_at__gte=_time("submitted_after", value["submitted_after"]))
     if value["submitted_before"]:
         qs = qs.filter(submitted_at__lt=_time("submitted_before", value["submitted_before"]))
+    if value["priority"]:
+        if value["priority"] not in ("high", "normal", "low"):
+            raise InvalidInput(f"unknown priority {value['priority']!r}",
+                               fields={"priority": ["high, normal or low."]})
+        qs = qs.filter(priority=value["priority"])
+    if value["background"]:
+        flag = {"true": True, "false": False}.get(value["background"].lower())
+        if flag is None:
+            raise InvalidInput("background must be true or false",
+                               fields={"background": ["true or false."]})
+        qs = qs.filter(background=flag)
     if value["retry_of"]:
         if not value["retry_of"].isdigit():
             raise InvalidInput(f"retry_of must be a job id, not {value['retry_of']!r}",

@@ -67,7 +67,7 @@ def job_list(request: HtmxHttpRequest) -> HttpResponse:
 
 def _has_filters(params: Mapping[str, str]) -> bool:
     names = ("state", "function", "server", "worker", "submitted_after", "submitted_before",
-             "retry_of")
+             "retry_of", "priority", "background")
     return any(params.get(name, "").strip() for name in names)
 
 

@@ -21,6 +21,7 @@ from tests.support.web import field_errors
 
 if TYPE_CHECKING:
     from django.test import Client
+    from rest_framework.test import APIClient
 
 
 @pytest.fixture
@@ -171,3 +172,25 @@ def test_bulk_pages_count_first_and_are_for_operators(gm: Gearmand, boot: Boot,
     page = operator.get(r["Location"]).content.decode()
     assert "Retry 3 failed resize_image jobs" in page and 'data-state="running"' in page
     assert viewer.get(r["Location"]).status_code == 200  # anyone may watch it
+
+
+def test_priority_and_background_filters(boot: Boot, api_viewer: APIClient) -> None:
+    recorded(boot, "H:p:200", priority="high", background=True)
+    recorded(boot, "H:p:201", priority="low", background=False)
+    recorded(boot, "H:p:202", priority="normal", background=True)
+
+    def handles(query: str) -> list[str]:
+        r = api_viewer.get(f"/api/v1/jobs/?{query}")
+        assert r.status_code == 200, r.json()
+        return sorted(j["handle"] for j in r.json()["results"])
+
+    assert handles("priority=high") == ["H:p:200"]
+    assert handles("background=false") == ["H:p:201"]
+    assert handles("background=true&priority=normal") == ["H:p:202"]
+    for query, field in (("priority=urgent", "priority"), ("background=maybe", "background")):
+        r = api_viewer.get(f"/api/v1/jobs/?{query}")
+        assert r.status_code == 400 and field in r.json()["error"]["fields"]
+    from jobs import bulk
+    assert bulk.describe("retry", 2, {"state": "failed", "priority": "high",
+                                      "background": "true"}) == (
+        "Retry 2 background high-priority failed jobs?")
