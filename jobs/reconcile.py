@@ -64,7 +64,10 @@ def unheld_jobs(server: str, *, held: set[str], listed_at: float, boot: str) -> 
     old_enough = (Q(submitted_at__lt=cut)
                   | Q(submitted_at__isnull=True, started_at__lt=cut)
                   | Q(submitted_at__isnull=True, started_at__isnull=True, updated_at__lt=cut))
-    rows = (Job.objects.filter(server__name=server, state__in=[State.QUEUED, State.RUNNING])
+    # HQ's own rows (a job it submitted whose tap row is not written yet) have no boot:
+    # the tap's row is what gearmand's list speaks of (jobs/services.py)
+    rows = (Job.objects.filter(server__name=server, state__in=[State.QUEUED, State.RUNNING],
+                               boot__isnull=False)
             .filter(old_enough).values_list("boot__token", "handle")
             .order_by("id")[:BATCH * 2])
     found = []

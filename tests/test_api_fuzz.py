@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
+from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from broker.client import ServerAddress
 from hq.models import Role
 from hq.services import ensure_user, issue_token
+from jobs import services as job_services
+from tests.support.stack import Gearmand
 
 EXAMPLES = int(os.environ.get("HQ_API_FUZZ_EXAMPLES", "12"))
 
@@ -30,7 +35,17 @@ def admin_token(transactional_db: None) -> str:
 
 
 @pytest.fixture
-def api_schema(live_server: Any, admin_token: str) -> schemathesis.BaseSchema:
+def api_schema(live_server: Any, admin_token: str, gearmand: Gearmand,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[schemathesis.BaseSchema]:
+    # generated submits go to a real gearmand (no worker runs them); a foreground one
+    # waits at most half a second for its result (a longer ?wait= is a 400 here)
+    monkeypatch.setattr(job_services, "WAIT_MAX_S", 0.5)
+    with override_settings(HQ_GEARMAN_SERVERS=[
+            ServerAddress("fuzz", "127.0.0.1", gearmand.port)]):
+        yield _schema(live_server, admin_token)
+
+
+def _schema(live_server: Any, admin_token: str) -> schemathesis.BaseSchema:
     schema = schemathesis.openapi.from_url(
         f"{live_server.url}/api/schema/?format=json",
         headers={"Authorization": f"Bearer {admin_token}"})

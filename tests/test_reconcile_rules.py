@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.models import Boot, Server
+from jobs.models import Boot, Job, Server
 from jobs.reconcile import ENDED_UNSEEN, RESTARTED, caught_up, unheld_jobs, unrecorded
 from tests.support.worlds import add_job
 
@@ -32,6 +32,8 @@ def test_only_old_enough_open_jobs_missing_from_the_list_are_judged() -> None:
     add_job(boot, "H:h:5", state="running", submitted_at=None, started_at=long_ago)
     add_job(old_boot, "H:h:1", state="running", submitted_at=long_ago)  # old gearmand
     add_job(other_boot, "H:h:9", state="queued", submitted_at=long_ago)  # not this server
+    Job.objects.create(server=server, boot=None, handle="H:h:8", state="queued",
+                       submitted_at=long_ago, updated_at=long_ago)  # HQ's own, tap row due
 
     found = unheld_jobs("recon", held={"H:h:2"}, listed_at=listed.timestamp(), boot="700")
     assert {(u.boot, u.handle, u.reason) for u in found} == {

@@ -14,8 +14,9 @@ class Command(BaseCommand):
     help = "Submit a realistic mix of jobs and run demo workers until stopped."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--gearman", default=settings.HQ_GEARMAN,
-                            help="HOST:PORT clients use (default HQ_GEARMAN)")
+        first = settings.HQ_GEARMAN_SERVERS[0]  # HQ_GEARMAN may be a list
+        parser.add_argument("--gearman", default=f"{first.host}:{first.port}",
+                            help="HOST:PORT clients use (default: the first of HQ_GEARMAN)")
         parser.add_argument("--rate", type=float, default=8.0, help="jobs per second")
         parser.add_argument("--duration", type=float, default=0,
                             help="seconds to run (0 = until Ctrl-C)")
