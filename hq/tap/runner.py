@@ -87,6 +87,7 @@ class TapRunner:
         self._next_reconcile = 0.0
         #: per boot, the highest job number searched for missed jobs
         self._gap_marks: dict[str, int] = {}
+        self._gaps_open = False  # placeholders emitted and not yet seen written
 
     def start(self) -> None:
         gcpolicy.for_hot_loop()
@@ -260,13 +261,23 @@ class TapRunner:
             # only once a pass finds nothing missing below it: the lost events of the
             # gaps found now can themselves be dropped (a full spool), and are then found
             # again by the next pass, which by then sees the written ones as rows
+            if self._gaps_open:
+                log.info("reconciled: no job missing up to number %s", gaps.mark)
+            self._gaps_open = False
             self._gap_marks[boot] = gaps.mark
-        for handle in gaps.handles:
+        # no more than the writer keeps in memory: the rest at the next pass, rather than
+        # spilling placeholders to the spool (whose oldest batches may be dropped)
+        room = max(0, self.writer.queue_max - self.writer.queued)
+        handles = gaps.handles[:room]
+        for handle in handles:
             self.writer.emit(Event("lost", boot, handle, now, detail=NOT_RECORDED))
-        if gaps.handles:
-            self.counters["unrecorded_lost"] += len(gaps.handles)
-            log.warning("%d jobs gearmand created were not recorded (%s … %s): recorded lost",
-                        len(gaps.handles), gaps.handles[0], gaps.handles[-1])
+        if handles:
+            self._gaps_open = True
+            self.counters["unrecorded_lost"] += len(handles)
+            log.warning("%d jobs gearmand created were not recorded (%s … %s): recorded lost"
+                        "%s", len(handles), handles[0], handles[-1],
+                        f" ({len(gaps.handles) - len(handles)} more at the next pass)"
+                        if len(handles) < len(gaps.handles) else "")
 
     def _publish_poll(self, statuses: list[FunctionStatus], workers: list[WorkerLine]) -> None:
         """Tell live pages when gearmand's counts or worker list moved since last poll."""
