@@ -2,10 +2,12 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from . import api
+from .recovery.api import JobDiscard, RetryPolicyViewSet
 from .schedules.api import ScheduleViewSet
 
 router = SimpleRouter()
 router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("retry-policies", RetryPolicyViewSet, basename="retry-policy")
 
 urlpatterns = [
     path("jobs/", api.JobList.as_view(), name="api-jobs"),
@@ -15,5 +17,6 @@ urlpatterns = [
     path("jobs/<int:pk>/events/", api.JobEvents.as_view(), name="api-job-events"),
     path("jobs/<int:pk>/retry/", api.JobRetry.as_view(), name="api-job-retry"),
     path("jobs/<int:pk>/cancel/", api.JobCancel.as_view(), name="api-job-cancel"),
+    path("jobs/<int:pk>/discard/", JobDiscard.as_view(), name="api-job-discard"),
     *router.urls,
 ]

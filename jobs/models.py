@@ -3,6 +3,7 @@ lifetimes), jobs (current state, one row per gearmand job) and their append-only
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from django.conf import settings
@@ -100,6 +101,16 @@ class Job(models.Model):
     #: job, so the same action repeated returns this job instead of submitting another
     action_key = models.CharField(max_length=100, null=True, blank=True)
     updated_at = models.DateTimeField()
+    # -- HQ-owned columns (jobs/recovery.py): the tap's upsert never names them, so rows it
+    # inserts take their database defaults (db_default) and its updates leave them alone
+    #: the retry chain ended in failure and nobody requeued or discarded it (a dead letter)
+    dead = models.BooleanField(default=False, db_default=False)
+    #: workers that died holding this job or an earlier run of its retry chain
+    death_count = models.IntegerField(default=0, db_default=0)
+    #: what recovery decided for this finished job: "" not yet (a failed or lost job is
+    #: then looked at by the engine), "retry", "dead", "none" (no policy / not counted /
+    #: foreground), "requeued", "discarded"; "-" for jobs that ended before recovery existed
+    recovery = models.CharField(max_length=10, default="", db_default="", blank=True)
 
     class Meta:
         indexes = [
@@ -117,6 +128,12 @@ class Job(models.Model):
                          condition=models.Q(retry_of__isnull=False)),
             models.Index(fields=["scheduled_for"], name="job_hq_pending",
                          condition=models.Q(boot__isnull=True)),
+            # recovery's outbox: failed or lost jobs it has not decided on yet (tiny: a
+            # job leaves it in the transaction that decides), and the dead letters
+            models.Index(fields=["id"], name="job_recovery_due",
+                         condition=models.Q(state__in=["failed", "lost"], recovery="")),
+            models.Index(fields=["function", "-id"], name="job_dead",
+                         condition=models.Q(dead=True)),
         ]
         constraints = [
             models.UniqueConstraint(fields=["boot", "handle"], name="job_boot_handle"),
@@ -193,8 +210,21 @@ class Job(models.Model):
         return None
 
     @property
+    def job_of_death(self) -> bool:
+        """Its runs killed ``HQ_JOB_OF_DEATH`` workers or more (across its retry chain)."""
+        return self.death_count >= job_of_death_limit()
+
+    @property
     def payload_stored_size(self) -> int:
         return _stored_len(self.payload_text, self.payload_bin)
+
+
+def job_of_death_limit() -> int:
+    """``HQ_JOB_OF_DEATH``: a job whose runs killed this many workers is a job of death."""
+    value = getattr(settings, "HQ_JOB_OF_DEATH", None)
+    if value is None:
+        value = os.environ.get("HQ_JOB_OF_DEATH", "") or 3
+    return max(int(value), 1)
 
 
 def _bytes(value: bytes | memoryview | None) -> bytes | None:
@@ -353,3 +383,42 @@ class BulkAction(models.Model):
     class Meta:
         indexes = [models.Index(fields=["leased_until"], name="bulk_running",
                                 condition=models.Q(state="running"))]
+
+
+class RetryOn(models.TextChoices):
+    FAILED = "failed"  # WORK_FAIL
+    EXCEPTION = "exception"  # WORK_EXCEPTION
+    LOST = "lost"  # gearmand dropped it or restarted
+
+
+class RetryPolicy(models.Model):
+    """Retry a background job whose function matches ``function`` (a glob) and that ended
+    in one of ``retry_on``, until its chain has run ``max_attempts`` times; the delay
+    before run n+1 is ``min(backoff_base_s · 2^(n-1), backoff_max_s)``, ± up to half of it
+    with ``jitter``. The first enabled policy in ``order`` that matches wins."""
+
+    function = models.CharField(max_length=255)
+    max_attempts = models.PositiveIntegerField(default=3)
+    backoff_base_s = models.FloatField(default=10.0)
+    backoff_max_s = models.FloatField(default=3600.0)
+    jitter = models.BooleanField(default=False)
+    retry_on = models.JSONField(default=list)
+    enabled = models.BooleanField(default=True)
+    order = models.IntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(max_attempts__gte=1),
+                                   name="retrypolicy_attempts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function} (x{self.max_attempts})"
+
+    def delay_s(self, runs: int) -> float:
+        """Seconds before the run after ``runs`` runs, without jitter."""
+        exponent = min(max(runs - 1, 0), 60)
+        return float(min(self.backoff_base_s * (2 ** exponent), self.backoff_max_s))

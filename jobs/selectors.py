@@ -14,12 +14,13 @@ from .lookups import like_pattern  # importing it registers __ilike
 from .models import Job, JobEvent, SearchText, Server, State
 
 FILTERS = ("handle", "function", "state", "unique", "worker", "server",
-           "submitted_after", "submitted_before", "q", "retry_of", "priority", "background")
+           "submitted_after", "submitted_before", "q", "retry_of", "priority", "background",
+           "dead")
 STATES = {s.value for s in State}
 #: the longest value each filter may have (the column's own length; a time, a state list)
 FILTER_MAX = {"handle": 255, "function": 255, "unique": 255, "worker": 255, "server": 100,
               "state": 200, "submitted_after": 64, "submitted_before": 64, "q": 500,
-              "retry_of": 19, "priority": 6, "background": 5}
+              "retry_of": 19, "priority": 6, "background": 5, "dead": 5}
 
 
 def _time(name: str, raw: str) -> datetime:
@@ -101,6 +102,11 @@ def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) ->
             raise InvalidInput("background must be true or false",
                                fields={"background": ["true or false."]})
         qs = qs.filter(background=flag)
+    if value["dead"]:
+        dead = {"true": True, "false": False}.get(value["dead"].lower())
+        if dead is None:
+            raise InvalidInput("dead must be true or false", fields={"dead": ["true or false."]})
+        qs = qs.filter(dead=dead)
     if value["retry_of"]:
         if not value["retry_of"].isdigit():
             raise InvalidInput(f"retry_of must be a job id, not {value['retry_of']!r}",

@@ -50,7 +50,7 @@ JOB_COLUMNS = (
     "scheduled_for", "started_at", "finished_at", "wait_ms", "runtime_ms", "attempts",
     "worker", "progress_numerator", "progress_denominator", "payload_text", "payload_bin",
     "payload_size", "result_text", "result_bin", "result_size", "error", "clients",
-    "retry_of_id",
+    "retry_of_id", "dead", "death_count",
 )
 JOB_RELATED = {
     "server_name": F("server__name"), "boot_token": F("boot__token"),
@@ -118,6 +118,7 @@ def job_json(row: Mapping[str, Any], why_withheld: str | None) -> dict[str, Any]
         "result_size": row["result_size"], "result_truncated": result_truncated,
         "error": row["error"], "clients": row["clients"], "retry_of": row["retry_of_id"],
         "retried_by": list(row.get("retried_by") or ()),
+        "dead": row["dead"], "death_count": row["death_count"],
         "payload_redacted": why_withheld == REDACTED, "payload_hidden": why_withheld == HIDDEN,
     }
 
@@ -151,6 +152,12 @@ class JobSerializer(serializers.ModelSerializer[Job]):
         child=serializers.IntegerField(), read_only=True,
         help_text="Ids of the jobs that retried this one (their retry_of is this job).")
 
+    dead = serializers.BooleanField(
+        read_only=True, help_text="The retry chain ended in failure and nobody requeued or "
+        "discarded it (a dead letter).")
+    death_count = serializers.IntegerField(
+        read_only=True, help_text="Workers that died holding it (across its retry chain).")
+
     class Meta:
         model = Job
         fields = [
@@ -159,7 +166,7 @@ class JobSerializer(serializers.ModelSerializer[Job]):
             "runtime_ms", "attempts", "worker", "progress", "payload", "payload_encoding",
             "payload_size", "payload_truncated", "result", "result_encoding", "result_size",
             "result_truncated", "error", "clients", "retry_of", "retried_by",
-            "payload_redacted", "payload_hidden",
+            "payload_redacted", "payload_hidden", "dead", "death_count",
         ]
 
     def to_representation(self, instance: Job | Mapping[str, Any]) -> dict[str, Any]:

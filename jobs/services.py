@@ -1,4 +1,4 @@
-"""Job actions: submit, schedule (one-off), retry, cancel — and how HQ's own rows meet the
+"""Job actions: submit, schedule (one-off), retry, cancel, discard — and how HQ's own rows meet the
 rows its taps write.
 
 Every action is a function with keyword-only arguments that runs in one transaction,
@@ -313,7 +313,10 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
             job, conn = submit_recorded(
                 function=original.function, payload=data, unique=original.unique,
                 priority=original.priority or "normal", background=True, user=user, via=via,
-                key=key or None, retry_of=original, action="retry", now=now)
+                key=key or None, retry_of=original, action="retry", now=now,
+                detail={"requeued": True} if original.dead else None)
+            if original.dead:  # a dead letter requeued: it leaves the list, a fresh chain
+                Job.objects.filter(pk=original.pk).update(dead=False, recovery="requeued")
     except (Conflict, NotFound, Unavailable) as exc:
         audit.record_refusal(user=user, via=via, action="retry", target=f"job {job_id}",
                              reason=exc.message, code=exc.code)
@@ -322,6 +325,59 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
     if link_wait_s is None:
         return job
     return link_submitted(job_id=job.pk, wait_s=link_wait_s)
+
+
+def schedule_retry(*, job_id: int, run_at: datetime, key: str, user: User, via: str,
+                   detail: dict[str, Any] | None = None, now: datetime | None = None) -> Job:
+    """Hold a retry of a finished job until ``run_at`` (the one-off schedule path: a row
+    with ``state = scheduled`` and ``retry_of``, submitted by the scheduler when due). Used
+    by retry policies (``jobs/recovery.py``); ``key`` makes it happen once: the same key
+    again returns the retry made the first time. The caller runs it in its transaction
+    and gets a Conflict when the job cannot be sent again."""
+    now = now or timezone.now()
+    earlier = Job.objects.filter(action_key=key).first()
+    if earlier is not None:
+        return earlier
+    original = _locked(job_id)
+    reason = original.retry_refusal(redacted=is_redacted(original.function))
+    if reason:
+        raise Conflict(f"Job {job_id} cannot be retried: {reason}.")
+    payload = original.payload
+    data = payload.encode() if isinstance(payload, str) else (payload or b"")
+    with transaction.atomic():
+        job = Job.objects.create(
+            server=original.server, boot=None, handle="", function=original.function,
+            unique=original.unique or f"hq-{uuid.uuid4()}",
+            priority=original.priority or "normal", background=True, state=State.SCHEDULED,
+            scheduled_for=run_at, retry_of=original, action_key=key, updated_at=now,
+            **_payload_fields(data))
+        audit.record(user=user, via=via, action="retry_scheduled", target=f"job {job.pk}",
+                     detail={"result": "ok", "function": original.function,
+                             "retry_of": original.pk, "run_at": run_at.isoformat(),
+                             **(detail or {})})
+    return job
+
+
+def discard(*, job_id: int, user: User, via: str) -> Job:
+    """Take a dead job off the dead-letter list; it stays in history. Discarding a job
+    that is not dead is a 409 (already discarded or requeued, or never dead)."""
+    try:
+        with transaction.atomic():
+            job = _locked(job_id)
+            if not job.dead:
+                raise Conflict(f"Job {job_id} is not a dead letter"
+                               + (f" (it was {job.recovery})"
+                                  if job.recovery in ("discarded", "requeued") else "") + ".")
+            Job.objects.filter(pk=job.pk).update(dead=False, recovery="discarded")
+            job.dead, job.recovery = False, "discarded"
+            audit.record(user=user, via=via, action="discard", target=f"job {job.pk}",
+                         detail={"result": "ok", "function": job.function,
+                                 "death_count": job.death_count})
+    except (Conflict, NotFound) as exc:
+        audit.record_refusal(user=user, via=via, action="discard", target=f"job {job_id}",
+                             reason=exc.message, code=exc.code)
+        raise
+    return job
 
 
 def _locked(job_id: int) -> Job:

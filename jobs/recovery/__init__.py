@@ -1,0 +1,1 @@
+"""Automatic recovery: retry policies, dead letters, job of death (``engine``)."""

@@ -1,0 +1,277 @@
+"""Automatic recovery: retry policies with backoff, dead letters, job of death.
+
+gearmand forgets a failed background job the moment it fails. HQ records every job of
+every client, so it can retry them for all of them. :func:`sweep` (every scheduler tick)
+decides, once, for each job that ended ``failed`` or ``lost``:
+
+* **The outbox is a partial index.** A job the tap writes as failed or lost has
+  ``recovery = ""`` (the column's database default: the tap's upsert never names it), so
+  it is in ``job_recovery_due`` (``state IN (failed, lost) AND recovery = ''``) until the
+  transaction that decides on it sets ``recovery`` — nothing is missed after a restart (the
+  index is the to-do list, whatever was down), and nothing is decided twice: a job is
+  claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` and leaves the index in the transaction
+  that schedules its retry, whose idempotency key ``policy:<job>:<run>`` is unique as well.
+  Only HQ-owned columns (``dead``, ``death_count``, ``recovery``) of the tap's row are
+  updated, never its key (``jobs/services.py``).
+* A job younger than :data:`GRACE` (by the tap's ``updated_at``, the database clock) waits
+  a tick: a retry HQ submitted may have failed before its row was linked to the tap's,
+  which is linked first so the chain is known.
+* **The chain** is the job and the jobs it retries through policy retries (``retry_of``
+  with a ``policy:`` key); a requeue by hand starts a fresh chain. The first enabled
+  :class:`RetryPolicy` (by ``order``) whose glob matches the function decides: an end it
+  does not count, or a foreground job (its client is waiting: never retried behind its
+  back), is left alone; a chain that has run ``max_attempts`` times, or whose runs killed
+  ``HQ_JOB_OF_DEATH`` workers (``worker_lost`` events), ends dead; else the job is
+  retried after ``min(base · 2^(n-1), max)`` seconds (± jitter) through the scheduler's
+  one-off path (``services.schedule_retry``: durable, submitted once when due).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from hq.errors import Conflict, NotFound
+
+from .. import services
+from ..models import Job, JobEvent, RetryOn, RetryPolicy, State, job_of_death_limit
+
+log = logging.getLogger(__name__)
+
+#: a finished job is decided on once its row is this old (its HQ retry row is linked)
+GRACE = timedelta(seconds=1)
+#: a chain is followed this far back at most
+CHAIN_MAX = 1000
+#: the prefix of the idempotency key of a policy retry (it marks a chain's links)
+POLICY_KEY = "policy:"
+#: what ``recovery`` says
+RETRY, DEAD, NONE, REQUEUED, DISCARDED = "retry", "dead", "none", "requeued", "discarded"
+
+
+def death_limit() -> int:
+    return job_of_death_limit()
+
+
+def policy_for(function: str, policies: list[RetryPolicy] | None = None) -> RetryPolicy | None:
+    """The first enabled policy (by order) whose glob matches ``function``."""
+    if policies is None:
+        policies = list(RetryPolicy.objects.filter(enabled=True).order_by("order", "id"))
+    for policy in policies:
+        if policy.enabled and fnmatch.fnmatchcase(function, policy.function):
+            return policy
+    return None
+
+
+def is_policy_retry(job: Job) -> bool:
+    return bool(job.action_key and job.action_key.startswith(POLICY_KEY)
+                and job.retry_of_id is not None)
+
+
+def chain_of(job: Job) -> list[Job]:
+    """The job's retry chain, first run first: the job and the jobs it retries through
+    policy retries."""
+    chain = [job]
+    current = job
+    while is_policy_retry(current) and current.retry_of_id is not None \
+            and len(chain) < CHAIN_MAX:
+        earlier = Job.objects.filter(pk=current.retry_of_id).first()
+        if earlier is None:
+            break
+        chain.append(earlier)
+        current = earlier
+    chain.reverse()
+    return chain
+
+
+def deaths(chain: list[Job]) -> int:
+    """Workers that died holding a run of the chain (``worker_lost`` events)."""
+    total = 0
+    for job in chain:
+        if job.boot_id is not None:
+            total += JobEvent.objects.filter(boot_id=job.boot_id, handle=job.handle,
+                                             kind="worker_lost").count()
+    return total
+
+
+def end_of(job: Job) -> str:
+    """How the job ended, as ``retry_on`` names it: lost, exception or failed."""
+    if job.state == State.LOST:
+        return RetryOn.LOST
+    if job.boot_id is not None and JobEvent.objects.filter(
+            boot_id=job.boot_id, handle=job.handle, kind="exception").exists():
+        return RetryOn.EXCEPTION
+    return RetryOn.FAILED
+
+
+def delay_s(policy: RetryPolicy, runs: int, rng: random.Random | None = None) -> float:
+    """Seconds before the next run after ``runs`` runs: ``min(base · 2^(runs-1), max)``,
+    ± up to half of it with jitter."""
+    delay = policy.delay_s(runs)
+    if policy.jitter and delay > 0:
+        delay += (rng or random).uniform(-delay / 2, delay / 2)
+    return max(delay, 0.0)
+
+
+@dataclass
+class Sweep:
+    retried: int = 0
+    dead: int = 0
+    left: int = 0  # no policy, an end not counted, foreground
+    linked: int = 0
+    tried_links: set[int] = field(default_factory=set)
+    decisions: list[tuple[int, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"retried {self.retried}, dead {self.dead}, left alone {self.left}"
+                + (f", linked {self.linked}" if self.linked else ""))
+
+
+def _unlinked_submit(job: Job) -> int | None:
+    """HQ's own row for the submit this tap row records, when not linked yet."""
+    if job.boot_id is None or not job.handle:
+        return None
+    return (Job.objects.filter(boot__isnull=True, server_id=job.server_id, handle=job.handle)
+            .values_list("id", flat=True).order_by("-id").first())
+
+
+def _claim() -> Job | None:
+    return (Job.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("server")
+            .filter(state__in=[State.FAILED, State.LOST], recovery="",
+                    updated_at__lt=Now() - GRACE)
+            .order_by("id").first())
+
+
+def decide_one(*, now: datetime, policies: list[RetryPolicy], out: Sweep) -> bool:
+    """Claim the oldest undecided failed or lost job and decide on it, in one
+    transaction; False when there is none."""
+    own_id: int | None = None
+    with transaction.atomic():
+        job = _claim()
+        if job is None:
+            return False
+        own_id = _unlinked_submit(job)
+        if own_id is None or own_id in out.tried_links:
+            outcome = _decide(job, now=now, policies=policies)
+            out.decisions.append((job.pk, outcome))
+            if outcome == RETRY:
+                out.retried += 1
+            elif outcome == DEAD:
+                out.dead += 1
+            else:
+                out.left += 1
+            return True
+    # HQ submitted this job (a retry, say): link its row first (outside the claim, in the
+    # order link_submitted locks them), then decide on it at once
+    out.tried_links.add(own_id)
+    if services.link_submitted(job_id=own_id).boot_id is not None:
+        out.linked += 1
+    return True
+
+
+def _decide(job: Job, *, now: datetime, policies: list[RetryPolicy]) -> str:
+    if job.background is not True:
+        return _mark(job, NONE)
+    policy = policy_for(job.function, policies)
+    if policy is None or end_of(job) not in policy.retry_on:
+        return _mark(job, NONE)
+    chain = chain_of(job)
+    died = deaths(chain)
+    runs = len(chain)
+    info: dict[str, Any] = {"by": "policy", "policy": policy.pk, "run": runs,
+                            "of": policy.max_attempts}
+    if died >= death_limit():
+        return _die(job, died, {**info, "reason": "job of death", "deaths": died})
+    if runs >= policy.max_attempts:
+        return _die(job, died, {**info, "reason": "attempts spent"})
+    wait = delay_s(policy, runs)
+    try:
+        with transaction.atomic():
+            services.schedule_retry(
+                job_id=job.pk, run_at=now + timedelta(seconds=wait),
+                key=f"{POLICY_KEY}{job.pk}:{runs + 1}", user=None, via="system",
+                detail={**info, "delay_s": round(wait, 3)}, now=now)
+    except (Conflict, NotFound) as exc:
+        return _die(job, died, {**info, "reason": exc.message})
+    return _mark(job, RETRY, death_count=died)
+
+
+def _mark(job: Job, outcome: str, **more: Any) -> str:
+    Job.objects.filter(pk=job.pk).update(recovery=outcome, **more)
+    return outcome
+
+
+def _die(job: Job, died: int, detail: dict[str, Any]) -> str:
+    from hq import audit
+
+    Job.objects.filter(pk=job.pk).update(recovery=DEAD, dead=True, death_count=died)
+    audit.record(user=None, via="system", action="dead_letter", target=f"job {job.pk}",
+                 detail={"result": "ok", "function": job.function, **detail})
+    return DEAD
+
+
+def sweep(*, now: datetime | None = None, max_jobs: int = 2000, max_s: float = 5.0) -> Sweep:
+    """Decide on the failed and lost jobs not decided yet (one scheduler tick's worth)."""
+    now = now or timezone.now()
+    out = Sweep()
+    policies = list(RetryPolicy.objects.filter(enabled=True).order_by("order", "id"))
+    stop_at = time.monotonic() + max_s
+    done = 0
+    while done < max_jobs and time.monotonic() < stop_at:
+        if not decide_one(now=now, policies=policies, out=out):
+            break
+        done += 1
+    return out
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChainView:
+    """A job's place in its retry chain, for its page: "attempt 2 of 5, next in 40 s"."""
+
+    run: int
+    of: int | None  # the policy's max_attempts (None: no policy matches now)
+    jobs: list[Job]
+    next_job: Job | None  # the scheduled retry of this job, if any
+    next_in_s: float | None
+
+
+def chain_view(job: Job, *, now: datetime | None = None) -> ChainView:
+    now = now or timezone.now()
+    chain = chain_of(job)
+    later = list(Job.objects.filter(retry_of=job.pk, action_key__startswith=POLICY_KEY)
+                 .order_by("id")[:1])
+    following = later[0] if later else None
+    policy = policy_for(job.function)
+    next_in = None
+    if following is not None and following.state == State.SCHEDULED \
+            and following.scheduled_for is not None:
+        next_in = max((following.scheduled_for - now).total_seconds(), 0.0)
+    return ChainView(run=len(chain), of=policy.max_attempts if policy else None, jobs=chain,
+                     next_job=following, next_in_s=next_in)
+
+
+def dead_letters_by_function(*, since: datetime) -> dict[tuple[int, str], int]:
+    """Dead letters per (server id, function) whose job finished since ``since``."""
+    rows = (Job.objects.filter(dead=True, finished_at__gte=since)
+            .values("server_id", "function").annotate(n=Count("id")))
+    return {(r["server_id"], r["function"]): r["n"] for r in rows}
+
+
+def jobs_of_death_by_function() -> dict[tuple[int, str], int]:
+    """Dead letters flagged job of death, per (server id, function)."""
+    rows = (Job.objects.filter(dead=True, death_count__gte=death_limit())
+            .values("server_id", "function").annotate(n=Count("id")))
+    return {(r["server_id"], r["function"]): r["n"] for r in rows}
