@@ -38,7 +38,7 @@ from .selectors import FILTERS, filter_values, search_jobs
 if TYPE_CHECKING:
     from .services import User as Actor
 
-ACTIONS = ("retry", "cancel")
+ACTIONS = ("retry", "cancel", "discard")
 BATCH = 200
 LEASE = timedelta(seconds=60)
 ERRORS_KEPT = 20
@@ -89,9 +89,7 @@ def start(*, action: str, filter: object, dry_run: bool = False, user: Actor,
     """Count the jobs ``filter`` matches; unless ``dry_run``, record the bulk action that
     the scheduler's ticks will carry out. Returns (the action or None, the count)."""
     if action not in ACTIONS:
-        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}"
-                           + (" (discard needs dead letters, which HQ does not keep yet)"
-                              if action == "discard" else ""),
+        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}",
                            fields={"action": [f"One of: {', '.join(ACTIONS)}."]})
     filters = clean_filter(filter)
     max_id = Job.objects.aggregate(m=Max("id"))["m"] or 0
@@ -140,6 +138,8 @@ def _act(bulk: BulkAction, job_id: int) -> str:
         if bulk.action == "retry":
             services.retry(job_id=job_id, user=actor, via=bulk.via,
                            idempotency_key=f"bulk:{bulk.pk}:{job_id}", link_wait_s=None)
+        elif bulk.action == "discard":  # a dead letter leaves the list (kept in history)
+            services.discard(job_id=job_id, user=actor, via=bulk.via)
         else:
             services.cancel(job_id=job_id, user=actor, via=bulk.via)
     except Unavailable:
