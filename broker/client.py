@@ -3,7 +3,10 @@
 * :class:`SubmitConnection` and :func:`submit_first` — blocking, with a timeout on
   everything — are what HQ's own job actions use (``jobs/services.py``): one submit to
   the first of several gearmand servers that acknowledges it, then, for a foreground job,
-  waiting for its result for a bounded time. :func:`cancel_job` sends gearmand's admin
+  waiting for its result for a bounded time. Connections used only for background
+  submits go back to a small per-process pool (:data:`POOL`) when closed, so the
+  scheduler and bulk retries do not connect once per job; a pooled connection gearmand
+  closed meanwhile is dropped and a fresh one made. :func:`cancel_job` sends gearmand's admin
   ``cancel job H``. :func:`parse_servers` reads ``HQ_GEARMAN``.
 * :class:`Client` and :class:`Worker` — a small asyncio client and worker loop — are used
   by the demo workload, the benches and tests.
@@ -13,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import select
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -110,6 +116,9 @@ class SubmitConnection:
         self.reply_timeout = reply_timeout
         self._parser = Parser()
         self._inbox: list[Packet] = []
+        #: the pool :meth:`close` gives it back to; None once it is unfit for reuse (a
+        #: foreground submit, whose job would live as long as the connection, or a failure)
+        self.pool: SubmitPool | None = None
         try:
             self._sock = socket.create_connection((server.host, server.port),
                                                   timeout=connect_timeout)
@@ -118,8 +127,27 @@ class SubmitConnection:
                                f"{exc}") from exc
 
     def close(self) -> None:
+        """Give the connection back to its pool, or close it when it has none."""
+        pool, self.pool = self.pool, None
+        if pool is not None and not self._inbox:
+            pool.put(self)
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        """Close the socket for good."""
+        self.pool = None
         with contextlib.suppress(OSError):
             self._sock.close()
+
+    def alive(self) -> bool:
+        """False when gearmand closed the connection or sent something unasked for while
+        it sat idle (checked without waiting)."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def __enter__(self) -> SubmitConnection:
         return self
@@ -128,6 +156,7 @@ class SubmitConnection:
         self.close()
 
     def _fail(self, what: str) -> GearmanError:
+        self.pool = None
         return GearmanError(f"{self.server.name} ({self.server.address}): {what}")
 
     def _recv(self, deadline: float) -> Packet | None:
@@ -155,6 +184,8 @@ class SubmitConnection:
     def submit(self, function: str, payload: bytes, *, unique: str = "",
                priority: str = "normal", background: bool = True) -> str:
         """Submit one job; gearmand's handle once it acknowledged it (JOB_CREATED)."""
+        if not background:
+            self.pool = None
         packet = req(SUBMIT[(priority, background)], function.encode(), unique.encode(),
                      payload)
         try:
@@ -190,31 +221,104 @@ class SubmitConnection:
                 return Outcome(False, error=text or "the worker reported failure")
 
 
+class SubmitPool:
+    """Idle submit connections, at most ``per_server`` for each gearmand, for this
+    process (a forked child starts with an empty pool: sockets are not shared across a
+    fork). Thread-safe."""
+
+    def __init__(self, per_server: int = 4) -> None:
+        self.per_server = per_server
+        self._idle: dict[ServerAddress, list[SubmitConnection]] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _forked(self) -> None:
+        if self._pid != os.getpid():  # the parent's sockets are not ours to use
+            self._idle, self._pid = {}, os.getpid()
+
+    def get(self, server: ServerAddress, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+            reply_timeout: float = REPLY_TIMEOUT_S) -> tuple[SubmitConnection, bool]:
+        """An idle live connection to ``server`` (True: reused), else a new one."""
+        while True:
+            with self._lock:
+                self._forked()
+                idle = self._idle.get(server)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                break
+            if conn.alive():
+                conn.reply_timeout, conn.pool = reply_timeout, self
+                return conn, True
+            conn.discard()
+        conn = SubmitConnection(server, connect_timeout=connect_timeout,
+                                reply_timeout=reply_timeout)
+        conn.pool = self
+        return conn, False
+
+    def put(self, conn: SubmitConnection) -> None:
+        with self._lock:
+            self._forked()
+            idle = self._idle.setdefault(conn.server, [])
+            if len(idle) < self.per_server:
+                idle.append(conn)
+                return
+        conn.discard()
+
+    def clear(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.discard()
+
+
+#: HQ's submits (:func:`submit_first`) reuse these connections
+POOL = SubmitPool()
+
+
 def submit_first(servers: Sequence[ServerAddress], function: str, payload: bytes, *,
                  unique: str = "", priority: str = "normal", background: bool = True,
                  start: int = 0, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 reply_timeout: float = REPLY_TIMEOUT_S,
+                 reply_timeout: float = REPLY_TIMEOUT_S, pool: SubmitPool | None = POOL,
                  ) -> tuple[SubmitConnection, str]:
     """Submit to the first server (trying them in order from ``start``) that acknowledges
-    the job: its open connection (the caller closes it) and the handle. Raises
-    :class:`NotAcknowledged` with each server's reason when none did."""
+    the job: its open connection (the caller closes it: a background submit's goes back to
+    ``pool``) and the handle. A reused connection that fails before gearmand answered
+    (gearmand restarted since, say) is dropped and one fresh connection to the same server
+    tried; any other failure moves on to the next server. Raises :class:`NotAcknowledged`
+    with each server's reason when none did."""
     reasons: list[str] = []
     n = len(servers)
     for i in range(n):
         server = servers[(start + i) % n]
-        try:
-            conn = SubmitConnection(server, connect_timeout=connect_timeout,
-                                    reply_timeout=reply_timeout)
-        except GearmanError as exc:
-            reasons.append(str(exc))
-            continue
-        try:
-            return conn, conn.submit(function, payload, unique=unique, priority=priority,
-                                     background=background)
-        except GearmanError as exc:
-            conn.close()
-            reasons.append(str(exc))
+        for _attempt in range(2):
+            try:
+                if pool is None:
+                    conn = SubmitConnection(server, connect_timeout=connect_timeout,
+                                            reply_timeout=reply_timeout)
+                    reused = False
+                else:
+                    conn, reused = pool.get(server, connect_timeout=connect_timeout,
+                                            reply_timeout=reply_timeout)
+            except GearmanError as exc:
+                reasons.append(str(exc))
+                break
+            try:
+                return conn, conn.submit(function, payload, unique=unique, priority=priority,
+                                         background=background)
+            except GearmanError as exc:
+                conn.discard()
+                if reused and _never_answered(exc):
+                    continue  # a stale pooled connection: try a fresh one
+                reasons.append(str(exc))
+                break
     raise NotAcknowledged(reasons)
+
+
+def _never_answered(exc: GearmanError) -> bool:
+    text = str(exc)
+    return "closed the connection" in text or "cannot send" in text or (
+        "connection failed" in text)
 
 
 def cancel_job(server: ServerAddress, handle: str, *, timeout: float = REPLY_TIMEOUT_S) -> None:

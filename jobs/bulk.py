@@ -8,13 +8,21 @@ from Celery beat), a batch at a time, never in one request or one transaction:
   SKIP LOCKED`` and leases it (the alert outbox's pattern), so two Celery workers never
   work on the same one;
 * it acts on the next :data:`BATCH` matching jobs after ``cursor`` (ids up to ``max_id``,
-  the newest job when it was asked for), each through the ordinary service in its own
-  transaction, then moves ``cursor`` and adds to ``done``/``failed`` in one transaction;
-* a worker killed mid-batch leaves the lease to expire and the batch is done again from
+  the newest job when it was asked for). Retries are made :data:`RETRY_CHUNK` at a time in
+  one transaction that locks the originals, submits each over pooled gearmand connections
+  (``broker.client.POOL``), writes the new rows, their audit rows (one statement each)
+  and the action's ``cursor`` and ``done``/``failed`` — the same checks, rows and audit
+  rows as ``services.retry``. Cancels (one gearmand admin command each) and discards go
+  one by one through ``services.cancel``/``services.discard``, then ``cursor`` and the
+  counts move in one transaction;
+* a worker killed mid-batch leaves the lease to expire and the work is done again from
   the old cursor. Each job is still acted on once: a retry carries the idempotency key
   ``bulk:<id>:<job id>`` (the retry made the first time is found, not made again), and a
-  cancel of a cancelled job changes nothing; the counts of a batch are committed with its
-  cursor, so they count each job once.
+  cancel of a cancelled job changes nothing; the counts are committed with the cursor, so
+  they count each job once. A worker killed after gearmand acknowledged a chunk's
+  submits but before the chunk committed makes them again: a job with a unique key
+  coalesces with the one gearmand holds; one without may run twice (at most one chunk's
+  jobs, only on such a crash).
 """
 
 from __future__ import annotations
@@ -28,11 +36,15 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
+from broker.client import ServerAddress
 from hq import audit
 from hq.errors import HQError, InvalidInput, NotFound, Unavailable
+from hq.models import AuditEntry
 
 from . import services
-from .models import BulkAction, Job
+from .fold import split_bytes
+from .models import BulkAction, Job, Server, State
+from .redaction import is_redacted
 from .selectors import FILTERS, filter_values, search_jobs
 
 if TYPE_CHECKING:
@@ -40,6 +52,8 @@ if TYPE_CHECKING:
 
 ACTIONS = ("retry", "cancel", "discard")
 BATCH = 200
+#: retries submitted and recorded per transaction
+RETRY_CHUNK = 50
 LEASE = timedelta(seconds=60)
 ERRORS_KEPT = 20
 
@@ -131,62 +145,157 @@ def _claim(now: datetime) -> BulkAction | None:
     return bulk
 
 
-def _act(bulk: BulkAction, job_id: int) -> str:
-    """Act on one job; the refusal's words, or "" when it was done."""
-    actor = bulk.user
-    try:
-        if bulk.action == "retry":
-            services.retry(job_id=job_id, user=actor, via=bulk.via,
-                           idempotency_key=f"bulk:{bulk.pk}:{job_id}", link_wait_s=None)
-        elif bulk.action == "discard":  # a dead letter leaves the list (kept in history)
-            services.discard(job_id=job_id, user=actor, via=bulk.via)
-        else:
-            services.cancel(job_id=job_id, user=actor, via=bulk.via)
-    except Unavailable:
-        raise  # gearmand is away: this job is tried again later, not counted as failed
-    except HQError as exc:
-        return exc.message
-    return ""
-
-
 def run_batch(bulk: BulkAction) -> int:
     """The next batch of one claimed bulk action; how many jobs it went through."""
     ids = list(matching(bulk.filter, max_id=bulk.max_id).filter(id__gt=bulk.cursor)
                .order_by("id").values_list("id", flat=True)[:BATCH])
-    done = failed = 0
-    errors: list[dict[str, Any]] = []
-    acted: list[int] = []
-    away: Unavailable | None = None
-    for job_id in ids:
-        try:
-            reason = _act(bulk, job_id)
-        except Unavailable as exc:
-            away = exc
-            break
-        acted.append(job_id)
-        if reason:
-            failed += 1
-            errors.append({"job": job_id, "error": reason})
-        else:
-            done += 1
-    with transaction.atomic():
-        row = BulkAction.objects.select_for_update().get(pk=bulk.pk)
-        row.cursor = acted[-1] if acted else row.cursor
-        row.done += done
-        row.failed += failed
-        row.errors = (row.errors + errors)[:ERRORS_KEPT]
-        if away is None and len(ids) < BATCH:
-            row.state, row.finished_at, row.leased_until = BulkAction.DONE, timezone.now(), None
-            audit.record(user=row.user, via=row.via, action=f"bulk_{row.action}",
-                         target=f"bulk {row.pk}",
-                         detail={"result": "done", "done": row.done, "failed": row.failed})
-        else:
-            row.leased_until = timezone.now() + LEASE
-        row.save()
+    if bulk.action == "retry":
+        acted, away = 0, None
+        for at in range(0, len(ids), RETRY_CHUNK):
+            chunk = ids[at:at + RETRY_CHUNK]
+            with transaction.atomic():
+                row = BulkAction.objects.select_for_update().get(pk=bulk.pk)
+                outcome = _retry_chunk(row, chunk)
+                _count(row, outcome, finished=outcome.away is None and len(ids) < BATCH
+                       and at + RETRY_CHUNK >= len(ids))
+            acted += len(outcome.acted)
+            away = outcome.away
+            if away is not None:
+                break
+    else:
+        outcome = _one_by_one(bulk, ids)
+        with transaction.atomic():
+            row = BulkAction.objects.select_for_update().get(pk=bulk.pk)
+            _count(row, outcome, finished=outcome.away is None and len(ids) < BATCH)
+        acted, away = len(outcome.acted), outcome.away
+    if not ids and bulk.action == "retry":  # nothing was left: done
+        with transaction.atomic():
+            row = BulkAction.objects.select_for_update().get(pk=bulk.pk)
+            _count(row, _Outcome(), finished=True)
     bulk.refresh_from_db()
     if away is not None:
         raise away
-    return len(acted)
+    return acted
+
+
+class _Outcome:
+    def __init__(self) -> None:
+        self.acted: list[int] = []
+        self.done = self.failed = 0
+        self.errors: list[dict[str, Any]] = []
+        self.away: Unavailable | None = None
+
+    def refused(self, job_id: int, reason: str) -> None:
+        self.acted.append(job_id)
+        self.failed += 1
+        self.errors.append({"job": job_id, "error": reason})
+
+    def ok(self, job_id: int) -> None:
+        self.acted.append(job_id)
+        self.done += 1
+
+
+def _count(row: BulkAction, outcome: _Outcome, *, finished: bool) -> None:
+    """Move the (locked) action's cursor and counts past what ``outcome`` went through."""
+    row.cursor = outcome.acted[-1] if outcome.acted else row.cursor
+    row.done += outcome.done
+    row.failed += outcome.failed
+    row.errors = (row.errors + outcome.errors)[:ERRORS_KEPT]
+    if finished:
+        row.state, row.finished_at, row.leased_until = BulkAction.DONE, timezone.now(), None
+        audit.record(user=row.user, via=row.via, action=f"bulk_{row.action}",
+                     target=f"bulk {row.pk}",
+                     detail={"result": "done", "done": row.done, "failed": row.failed})
+    else:
+        row.leased_until = timezone.now() + LEASE
+    row.save()
+
+
+def _one_by_one(bulk: BulkAction, ids: list[int]) -> _Outcome:
+    outcome = _Outcome()
+    for job_id in ids:
+        try:
+            # discard: a dead letter leaves the list (kept in history); no gearmand
+            act = services.discard if bulk.action == "discard" else services.cancel
+            act(job_id=job_id, user=bulk.user, via=bulk.via)
+        except Unavailable as exc:  # gearmand is away: tried again later, not counted
+            outcome.away = exc
+            break
+        except HQError as exc:
+            outcome.refused(job_id, exc.message)
+        else:
+            outcome.ok(job_id)
+    return outcome
+
+
+def _retry_chunk(bulk: BulkAction, ids: list[int]) -> _Outcome:
+    """Retry the jobs ``ids`` in the caller's transaction, as ``services.retry`` does each:
+    the original locked and checked, the job submitted again (same function, unique,
+    priority, payload; background), HQ's row with ``retry_of`` and the idempotency key,
+    an audit row for each retry and each refusal. Stops at the first job no gearmand
+    accepts (``away``): those before it are recorded."""
+    outcome = _Outcome()
+    keys = {job_id: f"bulk:{bulk.pk}:{job_id}" for job_id in ids}
+    made = set(Job.objects.filter(action_key__in=keys.values())
+               .values_list("action_key", flat=True))
+    originals = {job.pk: job for job in Job.objects.select_for_update(of=("self",))
+                 .filter(pk__in=ids).order_by("id")}
+    rows: list[Job] = []
+    audits: list[AuditEntry] = []
+    servers: dict[ServerAddress, Server] = {}
+    for job_id in ids:
+        if keys[job_id] in made:  # retried before a crash: found, not made again
+            outcome.ok(job_id)
+            continue
+        original = originals.get(job_id)
+        reason = (f"No job with id {job_id}." if original is None else
+                  _refusal(original))
+        if reason or original is None:
+            outcome.refused(job_id, reason)
+            audits.append(_audit(bulk, "retry", f"job {job_id}",
+                                 {"result": "refused", "code": "conflict" if original
+                                  else "not_found", "reason": reason}))
+            continue
+        payload = original.payload
+        data = payload.encode() if isinstance(payload, str) else (payload or b"")
+        priority = original.priority or "normal"
+        try:
+            conn, handle = services.send(original.function, data, unique=original.unique,
+                                         priority=priority, background=True)
+        except Unavailable as exc:
+            outcome.away = exc
+            break
+        conn.close()  # back to the pool
+        if conn.server not in servers:
+            servers[conn.server] = services.server_row(conn.server)
+        text, raw = split_bytes(data)
+        at = timezone.now()
+        rows.append(Job(server=servers[conn.server], boot=None, handle=handle,
+                        function=original.function, unique=original.unique,
+                        priority=priority, background=True, state=State.QUEUED,
+                        submitted_at=at, retry_of=original, action_key=keys[job_id],
+                        updated_at=at, clients=1, payload_text=text, payload_bin=raw,
+                        payload_size=len(data)))
+        outcome.ok(job_id)
+    Job.objects.bulk_create(rows)
+    audits.extend(_audit(bulk, "retry", f"job {job.pk}",
+                         {"result": "ok", "function": job.function, "handle": job.handle,
+                          "server": job.server.name, "retry_of": job.retry_of_id})
+                  for job in rows)
+    AuditEntry.objects.bulk_create(audits)
+    return outcome
+
+
+def _refusal(original: Job) -> str:
+    reason = original.retry_refusal(redacted=is_redacted(original.function))
+    return f"Job {original.pk} cannot be retried: {reason}." if reason else ""
+
+
+def _audit(bulk: BulkAction, action: str, target: str, detail: dict[str, Any]) -> AuditEntry:
+    """The audit row ``hq.audit.record`` writes, built for a batch insert."""
+    user = bulk.user
+    return AuditEntry(user=user, username=user.get_username() if user else "", via=bulk.via,
+                      action=action, target=target, detail=detail)
 
 
 def advance(*, now: datetime | None = None, max_s: float = 5.0) -> int:

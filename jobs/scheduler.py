@@ -2,69 +2,118 @@
 the jobs HQ holds whose time came, most overdue first, and links HQ's submits to the rows
 their taps wrote (``jobs/services.py`` explains both).
 
-Each due job is claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` and submitted in its own
-transaction, the pattern of the alert outbox (``alerts/delivery.py``) but holding the row
-lock instead of leasing it: two schedulers never take the same job, and a scheduler that
-dies mid-submit releases its lock with its connection, so the job is simply still due. A
-job whose time passed while HQ was down is due at the first tick after HQ comes back; its
-page then says how late it was submitted (``Job.late_by``).
+Due jobs are claimed :data:`BATCH` at a time with ``SELECT … FOR UPDATE SKIP LOCKED`` and
+submitted in one transaction per batch, the pattern of the alert outbox
+(``alerts/delivery.py``) but holding the row locks instead of leasing them: two
+schedulers never take the same job, and a scheduler that dies mid-batch releases its
+locks with its connection, so the batch is simply still due; its jobs that gearmand had
+already acknowledged are submitted again and, by the unique key every scheduled job
+carries, coalesce with the job gearmand holds. The submits reuse pooled gearmand
+connections (``broker.client.POOL``); the batch's rows and audit rows are written with one
+statement each. A job whose time passed while HQ was down is due at the first tick after
+HQ comes back; its page then says how late it was submitted (``Job.late_by``).
+
+Beat runs the task once a second; so that a job is not up to a second late, the task
+keeps looking for newly due jobs every :data:`POLL_S` until the next beat is due
+(``follow_s``), and bulk work is done in short slices with due jobs submitted between them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
-from hq import audit
+from broker.client import ServerAddress
 from hq.errors import Unavailable
+from hq.models import AuditEntry
 
 from . import bulk, services
-from .models import Job, State
+from .models import Job, Server, State
 from .schedules.ticks import fire_one_due
 
 log = logging.getLogger(__name__)
 
 #: one tick submits at most this many jobs, for at most this long (the rest at the next)
-TICK_MAX_JOBS = 2000
+TICK_MAX_JOBS = 20_000
 TICK_MAX_S = 10.0
+#: due jobs claimed and submitted per transaction
+BATCH = 50
+#: between beats, how often the task looks for newly due jobs
+POLL_S = 0.1
+#: bulk work is done in slices this long, due jobs submitted between them
+BULK_SLICE_S = 0.5
+
+
+@dataclass
+class Batch:
+    """What one batch did: the jobs submitted, and why it stopped early (no gearmand)."""
+
+    jobs: list[Job]
+    gearmand_down: str = ""
+
+
+def submit_batch_due(*, now: datetime, limit: int = BATCH) -> Batch:
+    """Claim up to ``limit`` of the most overdue jobs HQ holds (``FOR UPDATE SKIP
+    LOCKED``: another scheduler takes others) and submit them, in one transaction. The
+    locks are held while gearmand is asked (bounded by the client's timeouts). When no
+    gearmand accepts a job, the jobs submitted before it are recorded and the rest stay
+    scheduled (``gearmand_down`` says why)."""
+    with transaction.atomic():
+        claimed = list(Job.objects.select_for_update(skip_locked=True)
+                       .filter(boot__isnull=True, handle="", state=State.SCHEDULED,
+                               scheduled_for__lte=now)
+                       .order_by("scheduled_for", "id")[:limit])
+        sent: list[Job] = []
+        down = ""
+        servers: dict[ServerAddress, Server] = {}
+        for job in claimed:
+            payload = job.payload
+            data = payload.encode() if isinstance(payload, str) else (payload or b"")
+            try:
+                conn, handle = services.send(job.function, data, unique=job.unique,
+                                             priority=job.priority or "normal",
+                                             background=True)
+            except Unavailable as exc:  # every gearmand refused: the rest stay due
+                down = exc.message
+                break
+            conn.close()  # back to the pool
+            if conn.server not in servers:
+                servers[conn.server] = services.server_row(conn.server)
+            job.server = servers[conn.server]
+            job.handle, job.state, job.clients = handle, State.QUEUED, 1
+            job.submitted_at = job.updated_at = timezone.now()
+            sent.append(job)
+        if sent:
+            Job.objects.bulk_update(sent, ["server", "handle", "state", "clients",
+                                           "submitted_at", "updated_at"])
+            AuditEntry.objects.bulk_create([_audit_submitted(job) for job in sent])
+    return Batch(sent, down)
+
+
+def _audit_submitted(job: Job) -> AuditEntry:
+    """The audit row ``hq.audit.record`` would write for one scheduled submit (the batch
+    writes them with one statement)."""
+    late = job.late_by or timedelta(0)
+    return AuditEntry(user=None, username="", via="system", action="submit_scheduled",
+                      target=f"job {job.pk}",
+                      detail={"result": "ok", "handle": job.handle,
+                              "server": job.server.name,
+                              "late_s": round(late.total_seconds(), 3)})
 
 
 def submit_one_due(*, now: datetime) -> Job | None:
-    """Claim the most overdue job HQ holds (``FOR UPDATE SKIP LOCKED``: another scheduler
-    takes another) and submit it, in one transaction; None when nothing is due. The lock is
-    held while gearmand is asked (bounded by the client's timeouts), so the job is
-    submitted by one scheduler only; Unavailable (503) when no gearmand accepts it, and
-    the job stays scheduled."""
-    with transaction.atomic():
-        job = (Job.objects.select_for_update(skip_locked=True)
-               .filter(boot__isnull=True, handle="", state=State.SCHEDULED,
-                       scheduled_for__lte=now)
-               .order_by("scheduled_for", "id").first())
-        if job is None:
-            return None
-        payload = job.payload
-        data = payload.encode() if isinstance(payload, str) else (payload or b"")
-        conn, handle = services.send(job.function, data, unique=job.unique,
-                                     priority=job.priority or "normal", background=True)
-        try:
-            job.server = services.server_row(conn.server)
-            job.handle, job.state, job.clients = handle, State.QUEUED, 1
-            job.submitted_at = job.updated_at = timezone.now()
-            job.save(update_fields=["server", "handle", "state", "clients", "submitted_at",
-                                    "updated_at"])
-            late = job.late_by or timedelta(0)
-            audit.record(user=None, via="system", action="submit_scheduled",
-                         target=f"job {job.pk}",
-                         detail={"result": "ok", "handle": handle, "server": conn.server.name,
-                                 "late_s": round(late.total_seconds(), 3)})
-        finally:
-            conn.close()
-    return job
+    """Claim and submit the most overdue job (a batch of one); None when nothing is due.
+    Unavailable (503) when no gearmand accepts it, and the job stays scheduled."""
+    batch = submit_batch_due(now=now, limit=1)
+    if batch.gearmand_down:
+        raise Unavailable(batch.gearmand_down)
+    return batch.jobs[0] if batch.jobs else None
 
 
 @dataclass
@@ -85,27 +134,53 @@ class Tick:
 
 
 def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
-               max_s: float = TICK_MAX_S) -> Tick:
-    """Submit what is due at ``now`` (default: the clock), then link waiting submits."""
-    now = now or timezone.now()
+               max_s: float = TICK_MAX_S, follow_s: float = 0.0) -> Tick:
+    """Submit what is due at ``now`` (default: the clock, read again before each batch),
+    fire the recurring schedules due, work on bulk actions, then link waiting submits.
+    ``follow_s`` (only with the clock): go on submitting jobs as they fall due for that
+    long after the tick began, looking every :data:`POLL_S`."""
+    fixed = now
+
+    def clock() -> datetime:
+        return fixed or timezone.now()
+
     tick = Tick()
-    stop_at = time.monotonic() + max_s
-    while tick.submitted < max_jobs and time.monotonic() < stop_at:
-        try:
-            job = submit_one_due(now=now)
-        except Unavailable as exc:  # every gearmand refused: the jobs stay due
-            tick.gearmand_down = exc.message
-            log.warning("scheduled jobs wait: %s", exc.message)
-            break
-        if job is None:
-            break
-        tick.submitted += 1
+    began = time.monotonic()
+    stop_at = began + max_s
+    _submit_batches(tick, clock, max_jobs, stop_at)
     if not tick.gearmand_down:
-        _fire_schedules(tick, now, stop_at)
-    if not tick.gearmand_down:
-        tick.bulk = bulk.advance(max_s=max(stop_at - time.monotonic(), 0.5))
+        _fire_schedules(tick, clock(), stop_at)
+    while not tick.gearmand_down and time.monotonic() < stop_at:
+        left = stop_at - time.monotonic()
+        moved = bulk.advance(max_s=max(min(left, BULK_SLICE_S), 0.05))
+        tick.bulk += moved
+        _submit_batches(tick, clock, max_jobs, stop_at)
+        if not moved:
+            break
     tick.linked = services.link_pending()
+    follow_until = min(began + follow_s, stop_at) if fixed is None else 0.0
+    while not tick.gearmand_down and time.monotonic() + POLL_S < follow_until:
+        before = tick.submitted + tick.schedule_runs + tick.schedule_skips
+        _submit_batches(tick, clock, max_jobs, follow_until)
+        if not tick.gearmand_down:
+            _fire_schedules(tick, clock(), follow_until)
+        if tick.submitted + tick.schedule_runs + tick.schedule_skips == before:
+            time.sleep(POLL_S)
     return tick
+
+
+def _submit_batches(tick: Tick, clock: Callable[[], datetime], max_jobs: int,
+                    stop_at: float) -> None:
+    """Batches of due jobs until none is due, ``max_jobs`` or ``stop_at``."""
+    while tick.submitted < max_jobs and time.monotonic() < stop_at:
+        batch = submit_batch_due(now=clock(), limit=min(BATCH, max_jobs - tick.submitted))
+        tick.submitted += len(batch.jobs)
+        if batch.gearmand_down:
+            tick.gearmand_down = batch.gearmand_down
+            log.warning("scheduled jobs wait: %s", batch.gearmand_down)
+            return
+        if len(batch.jobs) < BATCH:
+            return
 
 
 def _fire_schedules(tick: Tick, now: datetime, stop_at: float) -> None:

@@ -5,6 +5,9 @@ from django.conf import settings
 
 from . import retention, scheduler
 
+#: how long one scheduler task goes on submitting jobs as they fall due (beat: every 1 s)
+FOLLOW_S = 0.8
+
 
 @shared_task
 def apply_retention() -> str:
@@ -14,5 +17,6 @@ def apply_retention() -> str:
 
 @shared_task(ignore_result=True, expires=5)
 def submit_due_jobs() -> str:
-    """Submit the scheduled jobs whose time came (every second, from Celery beat)."""
-    return scheduler.submit_due().summary()
+    """Submit the scheduled jobs whose time came (every second, from Celery beat), and
+    those that fall due before the next beat (looking every ``scheduler.POLL_S``)."""
+    return scheduler.submit_due(follow_s=FOLLOW_S).summary()

@@ -76,8 +76,7 @@ def test_asking_counts_first_and_checks_what_it_is_given(
     assert bulk.describe("retry", 1284, {"state": "failed", "function": "resize_image",
                                          "submitted_after": "2026-11-29T09:00:00Z"}) == (
         "Retry 1,284 failed `resize_image` jobs submitted after 2026-11-29T09:00:00Z?")
-    for body, words in (({"action": "discard"}, "dead letters"),
-                        ({"action": "retry", "filter": {"colour": "red"}}, "unknown filter"),
+    for body, words in (({"action": "retry", "filter": {"colour": "red"}}, "unknown filter"),
                         ({"action": "retry", "filter": {"state": "nope"}}, "unknown state"),
                         ({"action": "explode"}, "action")):
         r = api_operator.post("/api/v1/jobs/bulk/", body, format="json")

@@ -133,22 +133,27 @@ def run_scheduler(port: int, due: datetime) -> subprocess.Popen[str]:
 def test_a_scheduler_killed_mid_run_and_another_one_submit_each_job_once(
         gm: Gearmand) -> None:
     t0 = timezone.now()
-    ids = schedule(400, "restart", at=t0 + timedelta(minutes=1), now=t0)
+    n_jobs = 3000  # the scheduler submits thousands a second: enough to be killed mid-run
+    ids = schedule(n_jobs, "restart", at=t0 + timedelta(minutes=1), now=t0)
     due = t0 + timedelta(minutes=2)
     first = run_scheduler(gm.port, due)
-    wait_for(lambda: Job.objects.filter(pk__in=ids, state="queued").count() >= 30,
-             timeout=60, message="the first scheduler under way")
+
+    def under_way() -> bool:
+        assert first.poll() is None, first.communicate()[0]
+        return Job.objects.filter(pk__in=ids, state="queued").count() >= 30
+
+    wait_for(under_way, timeout=60, message="the first scheduler under way")
     os.killpg(first.pid, signal.SIGKILL)  # no cleanup, its transaction dies with it
     first.wait(10)
     mid = Job.objects.filter(pk__in=ids, state="queued").count()
-    assert 30 <= mid < 400, mid
+    assert 30 <= mid < n_jobs, mid
     second = run_scheduler(gm.port, due)
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0, out
-    assert Job.objects.filter(pk__in=ids, state="queued").count() == 400
+    assert Job.objects.filter(pk__in=ids, state="queued").count() == n_jobs
     # a job the killed one had sent but not committed was sent again and, by its unique
     # key, coalesced: gearmand holds each job once
-    assert held(gm.port, "restart") == 400
+    assert held(gm.port, "restart") == n_jobs
     assert submits_per_job() == {f"job {i}": 1 for i in ids}
 
 
