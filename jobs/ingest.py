@@ -22,8 +22,9 @@ Nothing stops the writer:
   into the quarantine folder;
 * while Postgres is away (or slow), queued events go to the disk spool in batch-sized
   files rather than wait in memory: at once when a write fails, and whenever more than
-  ``queue_max`` events wait. Spooled batches are replayed in order before any newer one,
-  so job rows fold events in the order they happened. The spool is bounded
+  ``queue_max`` events (20 batches), or more than ``queue_bytes_max`` (64 MiB, payloads
+  included, estimated from the last batch), wait. Spooled batches are replayed in order
+  before any newer one, so job rows fold events in the order they happened. The spool is bounded
   (``HQ_SPOOL_MAX``, and its disk): past it the oldest batches are dropped, counted and
   logged;
 * any other error is logged and the writer carries on; only an error that repeats
@@ -65,6 +66,14 @@ SPILL_PARTIAL_S = 1.0
 BACKOFF_MAX_S = 1.0
 #: the spool fill (of HQ_SPOOL_MAX) from which a warning is logged and reported
 SPOOL_WARN = 0.8
+#: while Postgres is up but the writer is behind (a burst), queued events stay in memory
+#: up to this many batches and QUEUE_BYTES_MAX; past either, whole batches are spooled.
+#: Spooling costs CPU (pickle, fsync, unpickle: ~10 % of the capture tap's CPU at full
+#: speed when the bound was 4 batches), so the bound that matters is memory, in bytes.
+QUEUE_BATCHES = 20
+QUEUE_BYTES_MAX = 64 << 20
+#: what a queued event holds besides its payload (the event, its strings), roughly
+EVENT_BYTES = 300
 
 
 class EventWriter:
@@ -75,11 +84,14 @@ class EventWriter:
         flush_ms: int = 200, address: str = "",
         on_commit: Callable[[list[store.Changed]], None] | None = None,
         spool_max: int = 0, queue_max: int | None = None, quarantine_max: int = 256 << 20,
+        queue_bytes_max: int = QUEUE_BYTES_MAX,
     ) -> None:
         self.server_name = server
         self.batch = batch
         self.flush_s = flush_ms / 1000
-        self.queue_max = queue_max or 4 * batch
+        self.queue_max = queue_max or QUEUE_BATCHES * batch
+        self.queue_bytes_max = queue_bytes_max
+        self._event_bytes = float(EVENT_BYTES)  # per queued event, from the last batch
         self.spool: Spool[Batch] = Spool(spool_dir / server, max_bytes=spool_max)
         self.quarantine = Quarantine(spool_dir / server / FOLDER, max_bytes=quarantine_max)
         # on_commit: told (id, handle, function, state) of the jobs a batch changed
@@ -128,6 +140,7 @@ class EventWriter:
             "state": self._state, "writer_alive": self._state == "running",
             "db_up": not self._down, "queued": len(self._queue),
             "queue_events": len(self._queue), "queue_max": self.queue_max,
+            "queue_bytes_est": int(len(self._queue) * self._event_bytes),
             "spool_batches": len(spool), "spool_events": spool.events(),
             "spool_bytes": spool.size_bytes(), "spool_max": spool.max_bytes,
             "lag_ms": self.lag_ms(),
@@ -251,6 +264,9 @@ class EventWriter:
             self._writing_since = queue[0].ts
         events = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
         self.counters["events_in"] += len(events)
+        if events:
+            payload = sum(len(e.data) for e in events if e.data)
+            self._event_bytes = EVENT_BYTES + payload / len(events)
         return Batch(uuid.uuid4(), self._rows(events))
 
     def _spool_queue(self) -> None:
@@ -259,9 +275,11 @@ class EventWriter:
 
     def _spill(self, *, everything: bool, keep: int = 0) -> None:
         """Move queued events to the spool, oldest first, in batch-sized files: all of
-        them (``everything``), else whole batches while more than ``keep`` wait."""
+        them (``everything``), else whole batches while more than ``keep`` wait or they
+        hold more than ``queue_bytes_max``."""
         queue = self._queue
-        while queue and (everything or (len(queue) > keep and len(queue) >= self.batch)):
+        while queue and (everything or (len(queue) >= self.batch and (
+                len(queue) > keep or len(queue) * self._event_bytes > self.queue_bytes_max))):
             self._spool_put(self._take())
         if everything:
             self._last_spill = time.monotonic()

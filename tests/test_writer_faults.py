@@ -430,6 +430,23 @@ def test_batches_spilled_to_keep_memory_bounded_are_written_before_newer_ones(
     assert Job.objects.get(server__name=server, handle="H:o:1").state == "completed"
 
 
+def test_queued_payload_bytes_bound_memory_too(make_writer: WriterFactory, server: str) -> None:
+    """Far fewer events than ``queue_max`` wait, but their payloads are large: past
+    ``queue_bytes_max`` whole batches go to the spool all the same (and every job is still
+    written, in order); small events under both bounds stay in memory."""
+    ts = t0()
+    big = make_writer(batch=10, queue_max=1000, queue_bytes_max=20_000)
+    emit_all(big, [submitted(ts + i / 1000, f"H:m:{i}", data=b"x" * 1000, size=1000)
+                   for i in range(60)])
+    big.flush(bounded=True)
+    assert big.stats()["spooled_batches"] >= 2 and big.stats()["events_written"] == 60
+    assert Job.objects.filter(server__name=server, handle__startswith="H:m:").count() == 60
+    small = make_writer(batch=10, queue_max=1000, queue_bytes_max=20_000)
+    emit_all(small, [submitted(ts + i / 1000, f"H:s:{i}") for i in range(60)])
+    small.flush(bounded=True)
+    assert small.stats()["spooled_batches"] == 0 and small.stats()["events_written"] == 60
+
+
 def test_the_writer_retries_a_vanished_database_at_least_every_second(
     make_writer: WriterFactory,
 ) -> None:
