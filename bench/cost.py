@@ -48,6 +48,7 @@ from common import (  # bench/ is a directory of scripts, not a package
     PrivatePostgres,
     Proc,
     ProcessSet,
+    command_line,
     descendants,
     free_port,
     machine_info,
@@ -67,9 +68,11 @@ HOST = "127.0.0.1"
 MODES = ("capture", "proxy")
 KINDS = ("bg", "fg")
 READY = {"capture": "HQ capture ready", "proxy": "watching gearmand"}
-#: the rows of the table, in order; "hq" is the sum of the first four
-ROLES = ("tap", "tcpdump", "postgres", "redis", "gearmand")
-HQ_ROLES = ("tap", "tcpdump", "postgres", "redis")
+#: the rows of the table, in order; HQ's total is the sum of HQ_ROLES. "tap" is the tap
+#: command's process (in proxy mode: the forwarding), "tap child" the proxy's decoding
+#: child (parser, tracker, writer).
+ROLES = ("tap", "tap child", "tcpdump", "postgres", "redis", "gearmand")
+HQ_ROLES = ("tap", "tap child", "tcpdump", "postgres", "redis")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -159,7 +162,13 @@ class Roots:
                 if stat is None:
                     continue
                 name, ticks = stat
-                out[pid] = ("tcpdump" if role == "tap" and name == "tcpdump" else role, ticks)
+                if role == "tap" and name == "tcpdump":
+                    role_of = "tcpdump"
+                elif role == "tap" and pid != root and "hq.tap.child" in command_line(pid):
+                    role_of = "tap child"
+                else:
+                    role_of = role
+                out[pid] = (role_of, ticks)
         return out
 
 
