@@ -40,6 +40,10 @@ THRESHOLD_HINTS = {
                    "apply (keep *; choose a server to watch only one)",
     "time_to_complete_p95": "Milliseconds from submit to finish (waiting, requeues and "
                             "running), p95 of the jobs that finished in the window",
+    "dead_letters": "Jobs of the function whose retry policy ran out (dead letters still on "
+                    "the list) that failed in the window: “> 0”",
+    "job_of_death": "Dead letters whose runs killed HQ_JOB_OF_DEATH workers (default 3): "
+                    "“> 0”",
 }
 
 

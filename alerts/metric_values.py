@@ -17,6 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs.models import Server
+from jobs.recovery import engine as recovery
 from monitoring import histogram, selectors
 from monitoring import taps as tap_reports
 from monitoring.services import DOWN_AFTER
@@ -30,7 +31,8 @@ SERVER_FUNCTION = TAP_FUNCTION = "*"
 #: metrics measured per server, not per queue (their rules' function glob does not apply)
 PER_SERVER = ("tap_health", "server_down")
 #: metrics judged over each rule's window (keyed ``"metric@window_seconds"``)
-WINDOWED = ("failure_rate", "runtime_p95", "drain_time", "time_to_complete_p95")
+WINDOWED = ("failure_rate", "runtime_p95", "drain_time", "time_to_complete_p95",
+            "dead_letters")
 #: a server whose poller has written nothing for this long is no longer watched (retired,
 #: or its tap gone for good): ``server_down`` has no value for it, as a tap report expires
 UNWATCHED_S = tap_reports.TAP_KEY_TTL_S
@@ -71,6 +73,7 @@ def alert_metrics(windows: set[int], now: datetime | None = None, *,
     for window in windows:
         _add_window(out, live, window, now)
     add_time_to_complete(out, complete_windows, now)
+    _add_dead_letters(out, windows, now)
     _add_taps(out, now)
     _add_servers(out, now)
     return out
@@ -87,6 +90,24 @@ def add_time_to_complete(out: Values, windows: Set[int], now: datetime) -> None:
         for key, hist in hists.items():
             value = histogram.percentile(hist, 95)
             out.setdefault(key, {})[f"time_to_complete_p95@{window}"] = value
+
+
+def _add_dead_letters(out: Values, windows: Set[int], now: datetime) -> None:
+    """``dead_letters@W``: dead letters (still on the list) per queue whose job failed in
+    the window W; ``job_of_death``: those flagged job of death. 0 for every other queue
+    HQ knows now (so a rule on them resolves), read from the partial index of dead
+    letters (small)."""
+    for window in windows:
+        name = f"dead_letters@{window}"
+        counts = recovery.dead_letters_by_function(since=now - timedelta(seconds=window))
+        for key in list(out):
+            out[key].setdefault(name, 0.0)
+        for key, count in counts.items():
+            out[key][name] = float(count)
+    for key in list(out):
+        out[key].setdefault("job_of_death", 0.0)
+    for key, count in recovery.jobs_of_death_by_function().items():
+        out[key]["job_of_death"] = float(count)
 
 
 def silence_limit_s() -> float:

@@ -29,6 +29,8 @@ class Metric(models.TextChoices):
     SERVER_DOWN = "server_down", "seconds gearmand has not answered (0 while up; function *)"
     TIME_TO_COMPLETE_P95 = ("time_to_complete_p95",
                             "submit to finish p95 (ms, over the window)")
+    DEAD_LETTERS = "dead_letters", "dead letters (jobs whose retries ran out, in the window)"
+    JOB_OF_DEATH = "job_of_death", "jobs of death on the dead-letter list"
 
 
 class Severity(models.TextChoices):

@@ -23,7 +23,7 @@ class Command(BaseCommand):
                             help="lower is worse (e.g. workers)")
         parser.add_argument("--window", type=int, default=300,
                             help="seconds, for failure_rate, runtime_p95, drain_time, "
-                                 "time_to_complete_p95")
+                                 "time_to_complete_p95, dead_letters")
         parser.add_argument("--server", default=None)
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
