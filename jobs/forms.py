@@ -70,3 +70,27 @@ class SubmitJobForm(forms.Form):
     def wait_s(self) -> float:
         return float(min(UI_WAIT_S, WAIT_MAX_S)) if self.cleaned_data["mode"] == "foreground" \
             else 0.0
+
+
+class RetryPolicyForm(forms.Form):
+    """A retry policy as the page edits it; ``jobs.recovery.policies.clean`` judges it."""
+
+    function = forms.CharField(max_length=255, widget=forms.TextInput(
+        attrs={"list": "known-functions", "class": "mono", "placeholder": "resize_* or *",
+               "autocomplete": "off", "spellcheck": "false"}))
+    max_attempts = forms.IntegerField(min_value=1, max_value=100, initial=3)
+    backoff_base_s = forms.FloatField(min_value=0, initial=10)
+    backoff_max_s = forms.FloatField(min_value=0, initial=3600)
+    jitter = forms.BooleanField(required=False)
+    retry_on = forms.MultipleChoiceField(
+        choices=[("failed", "failed (WORK_FAIL)"), ("exception", "exception (WORK_EXCEPTION)"),
+                 ("lost", "lost (gearmand dropped it or restarted)")],
+        initial=["failed", "exception", "lost"], widget=forms.CheckboxSelectMultiple)
+    enabled = forms.BooleanField(required=False, initial=True)
+    order = forms.IntegerField(required=False)
+
+    def values(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        if data.get("order") is None:
+            data.pop("order", None)
+        return data

@@ -24,6 +24,7 @@ from hq.web import HtmxHttpRequest, is_fragment, render_page, role_required, vie
 from . import bulk, services
 from .forms import SubmitJobForm
 from .models import Job, State
+from .recovery.engine import chain_view, is_policy_retry
 from .redaction import is_redacted, may_see_payloads, withheld
 from .selectors import (
     FILTERS,
@@ -85,8 +86,16 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
                "retry_refusal": job.retry_refusal(redacted=is_redacted(job.function)),
                "cancel_refusal": job.cancel_refusal() if job.state != State.CANCELLED
                else "it is already cancelled",
-               "action_key": uuid.uuid4().hex, "now": timezone.now()}
+               "action_key": uuid.uuid4().hex, "now": timezone.now(),
+               "chain": chain_view(job) if _in_a_chain(job) else None}
     return render(request, "jobs/detail.html", context)
+
+
+def _in_a_chain(job: Job) -> bool:
+    """Worth a chain panel: a policy retry, a job retried by a policy, or a dead letter."""
+    return (job.dead or job.death_count > 0
+            or job.recovery in ("retry", "dead", "requeued", "discarded")
+            or is_policy_retry(job))
 
 
 @require_POST
