@@ -84,3 +84,4 @@ def test_hq_check_reads_both(boot: Boot) -> None:
                      "--critical", "2", stdout=out)
     assert exit_.value.code == check.WARNING
     assert out.getvalue().startswith("HQ JOB_OF_DEATH WARNING - resize_image job_of_death is 1")
+

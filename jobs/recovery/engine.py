@@ -24,19 +24,26 @@ decides, once, for each job that ended ``failed`` or ``lost``:
   ``HQ_JOB_OF_DEATH`` workers (``worker_lost`` events), ends dead; else the job is
   retried after ``min(base · 2^(n-1), max)`` seconds (± jitter) through the scheduler's
   one-off path (``services.schedule_retry``: durable, submitted once when due).
+* **No retry storm**: a retry is held for the first second from its due time that has
+  fewer than ``HQ_RETRY_MAX_PER_S`` (default 100) policy retries held for it; the excess is
+  delayed, never dropped, and the added delay is in the audit row (``held_by_cap_s``).
+* Every automatic action is audited with ``via: system`` and ``detail.by = "policy"``
+  (``hq.models.Via`` has no ``policy`` value yet).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Count
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -54,6 +61,10 @@ GRACE = timedelta(seconds=1)
 CHAIN_MAX = 1000
 #: the prefix of the idempotency key of a policy retry (it marks a chain's links)
 POLICY_KEY = "policy:"
+#: the advisory lock that serialises the choice of a retry's second (HQ_RETRY_MAX_PER_S)
+SLOT_LOCK = 0x48515254  # "HQRT"
+#: a retry is pushed at most this far past its due time by the cap
+SLOT_SEARCH_S = 86400
 #: what ``recovery`` says
 RETRY, DEAD, NONE, REQUEUED, DISCARDED = "retry", "dead", "none", "requeued", "discarded"
 
@@ -195,15 +206,46 @@ def _decide(job: Job, *, now: datetime, policies: list[RetryPolicy]) -> str:
     if runs >= policy.max_attempts:
         return _die(job, died, {**info, "reason": "attempts spent"})
     wait = delay_s(policy, runs)
+    run_at = rate_slot(now + timedelta(seconds=wait))
+    if run_at > now + timedelta(seconds=wait):
+        info["held_by_cap_s"] = round((run_at - now).total_seconds() - wait, 3)
     try:
         with transaction.atomic():
             services.schedule_retry(
-                job_id=job.pk, run_at=now + timedelta(seconds=wait),
+                job_id=job.pk, run_at=run_at,
                 key=f"{POLICY_KEY}{job.pk}:{runs + 1}", user=None, via="system",
                 detail={**info, "delay_s": round(wait, 3)}, now=now)
     except (Conflict, NotFound) as exc:
         return _die(job, died, {**info, "reason": exc.message})
     return _mark(job, RETRY, death_count=died)
+
+
+def retry_cap() -> int:
+    """``HQ_RETRY_MAX_PER_S``: policy retries submitted per second at most (default 100)."""
+    value = getattr(settings, "HQ_RETRY_MAX_PER_S", None)
+    if value is None:
+        value = os.environ.get("HQ_RETRY_MAX_PER_S", "") or 100
+    return max(int(value), 1)
+
+
+def rate_slot(due: datetime) -> datetime:
+    """The first second from ``due`` on that has fewer than :func:`retry_cap` policy
+    retries held for it: a retry storm is spread out, later, never dropped. Slots are
+    chosen one decision at a time (a transaction-scoped advisory lock, released when the
+    deciding transaction commits), so racing sweeps never overfill a second."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [SLOT_LOCK])
+    cap = retry_cap()
+    start = due.replace(microsecond=0)
+    held = (Job.objects.filter(boot__isnull=True, state=State.SCHEDULED,
+                               action_key__startswith=POLICY_KEY))
+    for step in range(SLOT_SEARCH_S):
+        second = start + timedelta(seconds=step)
+        count = held.filter(scheduled_for__gte=second,
+                            scheduled_for__lt=second + timedelta(seconds=1)).count()
+        if count < cap:
+            return due if step == 0 else second
+    return start + timedelta(seconds=SLOT_SEARCH_S)
 
 
 def _mark(job: Job, outcome: str, **more: Any) -> str:
