@@ -70,6 +70,8 @@ TAP_COMMANDS: dict[str, str] = {
     ),
 }
 MODES = ("bare", "capture", "proxy")
+#: what the capture tap prints once tcpdump listens
+READY = {"capture": "HQ capture ready"}
 DEFAULT_DB_URL = "postgres://postgres@127.0.0.1:5432/gearman_hq_bench"
 HOST = "127.0.0.1"
 CLIENT_TIMEOUT_S = 300.0
@@ -278,6 +280,10 @@ def start_tap(procs: ProcessSet, cfg: Config, mode: str, port: int) -> tuple[Pro
     tap = procs.spawn(mode, argv, env={"DATABASE_URL": cfg.db_url}, cwd=PROJECT_DIR)
     if mode == "proxy":
         wait_for_port(HOST, proxy_port, 30.0, tap)
+    else:
+        # tcpdump must listen before the first client connects, or the jobs sent before
+        # it did are never seen (on a loaded machine Django alone can take over 2 s)
+        wait_for_line(tap, READY[mode], 60.0)
     deadline = time.monotonic() + cfg.tap_warmup_s
     while time.monotonic() < deadline:
         if not tap.alive():
@@ -286,6 +292,17 @@ def start_tap(procs: ProcessSet, cfg: Config, mode: str, port: int) -> tuple[Pro
             )
         time.sleep(0.05)
     return tap, proxy_port
+
+
+def wait_for_line(tap: Proc, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in tap.output(200_000):
+        if not tap.alive():
+            raise BenchError(f"the tap exited at start (rc {tap.popen.returncode}):\n"
+                             f"{tap.output(3000)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"no {text!r} from the tap after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def stop_tap(procs: ProcessSet, cfg: Config, tap: Proc, run: ModeRun) -> None:
