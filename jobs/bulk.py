@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 ACTIONS = ("retry", "cancel", "discard")
 BATCH = 200
 #: retries submitted and recorded per transaction
-RETRY_CHUNK = 50
+RETRY_CHUNK = 100
 LEASE = timedelta(seconds=60)
 ERRORS_KEPT = 20
 

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from broker.client import ServerAddress
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 TICK_MAX_JOBS = 20_000
 TICK_MAX_S = 10.0
 #: due jobs claimed and submitted per transaction
-BATCH = 50
+BATCH = 200
 #: between beats, how often the task looks for newly due jobs
 POLL_S = 0.1
 #: bulk work is done in slices this long, due jobs submitted between them
@@ -90,10 +92,23 @@ def submit_batch_due(*, now: datetime, limit: int = BATCH) -> Batch:
             job.submitted_at = job.updated_at = timezone.now()
             sent.append(job)
         if sent:
-            Job.objects.bulk_update(sent, ["server", "handle", "state", "clients",
-                                           "submitted_at", "updated_at"])
+            _record_submitted(sent)
             AuditEntry.objects.bulk_create([_audit_submitted(job) for job in sent])
     return Batch(sent, down)
+
+
+def _record_submitted(jobs: list[Job]) -> None:
+    """Write the batch's handles, servers and submit times with one statement (Django's
+    ``bulk_update`` builds a CASE per column and row: 5 ms a job)."""
+    table = Job._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute(
+            f'UPDATE "{table}" AS j SET server_id = v.server_id, handle = v.handle, '
+            "state = %s, clients = 1, submitted_at = v.at, updated_at = v.at "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[]) "
+            "AS v(id, server_id, handle, at) WHERE j.id = v.id",
+            [State.QUEUED, [j.pk for j in jobs], [j.server_id for j in jobs],
+             [j.handle for j in jobs], [j.submitted_at for j in jobs]])
 
 
 def _audit_submitted(job: Job) -> AuditEntry:
@@ -136,7 +151,8 @@ class Tick:
 def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
                max_s: float = TICK_MAX_S, follow_s: float = 0.0) -> Tick:
     """Submit what is due at ``now`` (default: the clock, read again before each batch),
-    fire the recurring schedules due, work on bulk actions, then link waiting submits.
+    fire the recurring schedules due, work on bulk actions, then link waiting submits
+    (:func:`link_waiting`).
     ``follow_s`` (only with the clock): go on submitting jobs as they fall due for that
     long after the tick began, looking every :data:`POLL_S`."""
     fixed = now
@@ -157,7 +173,7 @@ def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
         _submit_batches(tick, clock, max_jobs, stop_at)
         if not moved:
             break
-    tick.linked = services.link_pending()
+    tick.linked = link_waiting()
     follow_until = min(began + follow_s, stop_at) if fixed is None else 0.0
     while not tick.gearmand_down and time.monotonic() + POLL_S < follow_until:
         before = tick.submitted + tick.schedule_runs + tick.schedule_skips
@@ -167,6 +183,26 @@ def submit_due(*, now: datetime | None = None, max_jobs: int = TICK_MAX_JOBS,
         if tick.submitted + tick.schedule_runs + tick.schedule_skips == before:
             time.sleep(POLL_S)
     return tick
+
+
+def link_waiting(*, now: datetime | None = None, limit: int = 200) -> int:
+    """Link HQ's submits whose tap row has appeared (``services.link_submitted``, each in
+    its own transaction); how many were linked. One query finds which of the submits
+    still waiting (the newest ``limit``) have a candidate tap row, so the tick does not
+    lock and search for each of them every second while the tap is behind or absent."""
+    now = now or timezone.now()
+    since = Coalesce(OuterRef("submitted_at"), OuterRef("updated_at")) - services.LINK_WINDOW
+    tap_row = Job.objects.filter(server_id=OuterRef("server_id"), handle=OuterRef("handle"),
+                                 boot__isnull=False, updated_at__gte=since)
+    ids = list(Job.objects.filter(boot__isnull=True,
+                                  submitted_at__gte=now - services.LINK_GIVE_UP)
+               .exclude(handle="").filter(Exists(tap_row))
+               .order_by("-id").values_list("id", flat=True)[:limit])
+    linked = 0
+    for job_id in ids:
+        if services.link_submitted(job_id=job_id).boot_id is not None:
+            linked += 1
+    return linked
 
 
 def _submit_batches(tick: Tick, clock: Callable[[], datetime], max_jobs: int,

@@ -82,7 +82,9 @@ def test_a_job_is_submitted_at_its_time_not_before(gm: Gearmand) -> None:
     assert submits_per_job() == {f"job {job_id}": 1}
 
 
-def test_two_schedulers_submit_each_job_once(gm: Gearmand) -> None:
+def test_two_schedulers_submit_each_job_once(gm: Gearmand,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler, "BATCH", 10)  # several batches each: both take some
     t0 = timezone.now()
     ids = schedule(120, "race", at=t0 + timedelta(minutes=5), now=t0)
     due = t0 + timedelta(minutes=5, seconds=1)
