@@ -118,8 +118,8 @@ def job_json(row: Mapping[str, Any], why_withheld: str | None) -> dict[str, Any]
         "result_size": row["result_size"], "result_truncated": result_truncated,
         "error": row["error"], "clients": row["clients"], "retry_of": row["retry_of_id"],
         "retried_by": list(row.get("retried_by") or ()),
-        "dead": row["dead"], "death_count": row["death_count"],
         "payload_redacted": why_withheld == REDACTED, "payload_hidden": why_withheld == HIDDEN,
+        "dead": row["dead"], "death_count": row["death_count"],
     }
 
 
