@@ -43,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -140,6 +140,7 @@ class Sweep:
     left: int = 0  # no policy, an end not counted, foreground
     linked: int = 0
     tried_links: set[int] = field(default_factory=set)
+    errors: set[int] = field(default_factory=set)  # jobs whose decision failed this sweep
     decisions: list[tuple[int, str]] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -155,11 +156,12 @@ def _unlinked_submit(job: Job) -> int | None:
             .values_list("id", flat=True).order_by("-id").first())
 
 
-def _claim() -> Job | None:
+def _claim(skip: set[int]) -> Job | None:
     return (Job.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("server")
             .filter(state__in=[State.FAILED, State.LOST], recovery="",
                     updated_at__lt=Now() - GRACE)
+            .exclude(pk__in=skip)
             .order_by("id").first())
 
 
@@ -167,27 +169,41 @@ def decide_one(*, now: datetime, policies: list[RetryPolicy], out: Sweep) -> boo
     """Claim the oldest undecided failed or lost job and decide on it, in one
     transaction; False when there is none."""
     own_id: int | None = None
-    with transaction.atomic():
-        job = _claim()
-        if job is None:
-            return False
-        own_id = _unlinked_submit(job)
-        if own_id is None or own_id in out.tried_links:
-            outcome = _decide(job, now=now, policies=policies)
-            out.decisions.append((job.pk, outcome))
-            if outcome == RETRY:
-                out.retried += 1
-            elif outcome == DEAD:
-                out.dead += 1
-            else:
-                out.left += 1
-            return True
+    claimed: int | None = None
+    try:
+        with transaction.atomic():
+            job = _claim(out.errors)
+            if job is None:
+                return False
+            claimed = job.pk
+            own_id = _unlinked_submit(job)
+            if own_id is None or own_id in out.tried_links:
+                _count(out, job.pk, _decide(job, now=now, policies=policies))
+                return True
+    except DatabaseError:
+        if claimed is None:
+            raise
+        # one job that cannot be decided (its transaction rolled back: it stays undecided
+        # for the next sweep) never holds up the others
+        log.exception("recovery could not decide on job %s", claimed)
+        out.errors.add(claimed)
+        return True
     # HQ submitted this job (a retry, say): link its row first (outside the claim, in the
     # order link_submitted locks them), then decide on it at once
     out.tried_links.add(own_id)
     if services.link_submitted(job_id=own_id).boot_id is not None:
         out.linked += 1
     return True
+
+
+def _count(out: Sweep, job_id: int, outcome: str) -> None:
+    out.decisions.append((job_id, outcome))
+    if outcome == RETRY:
+        out.retried += 1
+    elif outcome == DEAD:
+        out.dead += 1
+    else:
+        out.left += 1
 
 
 def _decide(job: Job, *, now: datetime, policies: list[RetryPolicy]) -> str:
