@@ -163,3 +163,19 @@ def test_requeue_from_the_page_starts_a_fresh_chain(boot: Boot, operator: Client
     assert entry.via == "ui" and entry.detail["requeued"] is True
     detail = viewer.get(f"/jobs/{a.pk}/").content.decode()
     assert 'id="retry-chain"' in detail and "Requeued from the dead letters" in detail
+
+
+@pytest.mark.gearmand
+def test_requeue_all_matching_goes_through_the_bulk_machinery(
+        boot: Boot, operator: Client, to_gearmand: None) -> None:
+    a, b = dead(boot, 2)
+    (c,) = dead(boot, 1, function="charge")
+    r = operator.post("/dead-letters/bulk/", {"action": "requeue", "function": "resize_image"})
+    assert r.status_code == 302 and r["Location"].startswith("/bulk/")
+    bulk.advance()
+    assert set(Job.objects.filter(retry_of__in=[a.pk, b.pk, c.pk])
+               .values_list("retry_of_id", flat=True)) == {a.pk, b.pk}
+    engine.sweep()  # the bulk retry wrote its rows itself: the sweep settles the letters
+    assert list(Job.objects.filter(dead=True).values_list("pk", flat=True)) == [c.pk]
+    assert set(Job.objects.filter(recovery="requeued").values_list("pk", flat=True)) == {
+        a.pk, b.pk}

@@ -44,7 +44,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -141,6 +141,7 @@ class Sweep:
     linked: int = 0
     tried_links: set[int] = field(default_factory=set)
     errors: set[int] = field(default_factory=set)  # jobs whose decision failed this sweep
+    requeued: int = 0  # dead letters found retried (settle_requeued)
     decisions: list[tuple[int, str]] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -278,10 +279,20 @@ def _die(job: Job, died: int, detail: dict[str, Any]) -> str:
     return DEAD
 
 
+def settle_requeued() -> int:
+    """Dead letters that were retried by any path (a bulk retry by filter writes its rows
+    itself, bypassing ``services.retry``) leave the list as requeued: a dead letter never
+    has a policy retry, so any retry of it is a requeue. How many."""
+    requeued = Job.objects.filter(retry_of=OuterRef("pk"))
+    return Job.objects.filter(dead=True).filter(Exists(requeued)).update(
+        dead=False, recovery=REQUEUED)
+
+
 def sweep(*, now: datetime | None = None, max_jobs: int = 2000, max_s: float = 5.0) -> Sweep:
     """Decide on the failed and lost jobs not decided yet (one scheduler tick's worth)."""
     now = now or timezone.now()
     out = Sweep()
+    out.requeued = settle_requeued()
     policies = list(RetryPolicy.objects.filter(enabled=True).order_by("order", "id"))
     stop_at = time.monotonic() + max_s
     done = 0
