@@ -89,5 +89,11 @@ def test_retry_chain_and_dead_letter_requeue(live_server, transactional_db, page
             page.goto(f"{live_server.url}/jobs/{last.pk}/")
             assert "Requeued from the dead letters" in page.locator("#retry-chain").inner_text()
             page.screenshot(path=artifacts / "dead-letters-after.png", full_page=True)
+            page.click("nav.nav >> text=Retries")
+            page.wait_for_url(re.compile(r"/retry-policies/$"))
+            assert page.locator("#policy-table tbody tr").count() == 1
+            assert "never retries it behind its client" in page.locator(
+                "#foreground-note").inner_text()
+            page.screenshot(path=artifacts / "dead-letters-policies.png", full_page=True)
     finally:
         tap.stop()
