@@ -235,7 +235,13 @@ CELERY_BEAT_SCHEDULE = {
     # HQ-scheduled jobs whose time came (claimed with SKIP LOCKED), and HQ's submits
     # linked to the rows their taps wrote (jobs/scheduler.py)
     "submit-due-jobs": {"task": "jobs.tasks.submit_due_jobs", "schedule": 1.0},
+    # retry policies, dead letters, job of death (jobs/recovery/engine.py)
+    "recover-failed-jobs": {"task": "jobs.tasks.recover_failed_jobs", "schedule": 1.0},
 }
+# a job whose runs killed this many workers (worker_lost) is a job of death: never retried
+HQ_JOB_OF_DEATH = env_int("HQ_JOB_OF_DEATH", 3)
+# policy retries submitted per second at most; the excess waits for the next free second
+HQ_RETRY_MAX_PER_S = env_int("HQ_RETRY_MAX_PER_S", 100)
 
 LOGGING = {
     "version": 1,

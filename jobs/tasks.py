@@ -4,6 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from . import retention, scheduler
+from .recovery import engine as recovery
 
 #: how long one scheduler task goes on submitting jobs as they fall due (beat: every 1 s)
 FOLLOW_S = 0.8
@@ -20,3 +21,10 @@ def submit_due_jobs() -> str:
     """Submit the scheduled jobs whose time came (every second, from Celery beat), and
     those that fall due before the next beat (looking every ``scheduler.POLL_S``)."""
     return scheduler.submit_due(follow_s=FOLLOW_S).summary()
+
+
+@shared_task(ignore_result=True, expires=5)
+def recover_failed_jobs() -> str:
+    """Retry policies: decide on newly failed or lost jobs — retry later, or dead letter
+    (every second, from Celery beat; jobs/recovery/engine.py)."""
+    return recovery.sweep(max_s=FOLLOW_S).summary()
