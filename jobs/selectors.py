@@ -149,6 +149,21 @@ def exact_job(text: str) -> Job | None:
     return Job.objects.filter(handle=text).order_by("-id").first()
 
 
+#: at most this many earlier runs are counted ("1,000+")
+EARLIER_RUNS_MAX = 1000
+
+
+def earlier_runs(job: Job) -> int:
+    """Jobs before this one with the same function and (non-empty) unique key: gearmand
+    coalesces only those, so they are earlier runs of the same piece of work."""
+    if not job.unique or job.submitted_at is None:
+        return 0
+    earlier = (Job.objects.filter(unique=job.unique, function=job.function,
+                                  submitted_at__lt=job.submitted_at)
+               .exclude(pk=job.pk).values("pk")[:EARLIER_RUNS_MAX])
+    return Job.objects.filter(pk__in=earlier).count()
+
+
 def job_events(job: Job) -> QuerySet[JobEvent]:
     if job.boot_id is None:  # HQ's own row, no tap row yet: no events
         return JobEvent.objects.none()

@@ -28,6 +28,7 @@ from .recovery.engine import chain_view, is_policy_retry
 from .redaction import is_redacted, may_see_payloads, withheld
 from .selectors import (
     FILTERS,
+    earlier_runs,
     exact_job,
     get_job,
     job_events,
@@ -87,7 +88,8 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
                "cancel_refusal": job.cancel_refusal() if job.state != State.CANCELLED
                else "it is already cancelled",
                "action_key": uuid.uuid4().hex, "now": timezone.now(),
-               "chain": chain_view(job) if _in_a_chain(job) else None}
+               "chain": chain_view(job) if _in_a_chain(job) else None,
+               "earlier_runs": earlier_runs(job)}
     return render(request, "jobs/detail.html", context)
 
 
