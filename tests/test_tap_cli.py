@@ -32,6 +32,7 @@ def test_proxy_records_jobs_with_only_the_tap_environment(
         output = tap.stop()
     assert replies == [f"{i} boj\n" for i in range(3)]
     assert [j.payload for j in jobs] == [f"job {i}\n" for i in range(3)]
+    assert tap.proc.returncode == 0, output
     assert "HQ_SECRET_KEY" not in output
     assert "Traceback" not in output
 

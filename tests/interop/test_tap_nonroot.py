@@ -47,8 +47,9 @@ def as_nobody(workdir: Path, *, net_raw: bool) -> list[str]:
     """The command prefix that runs a program as ``nobody`` with, as its only privilege,
     CAP_NET_RAW in its ambient set (what systemd's AmbientCapabilities= does) or nothing."""
     prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    if net_raw:
-        prefix += ["--inh-caps=+net_raw", "--ambient-caps=+net_raw"]
+    if net_raw:  # as deploy/hq-tap@.service: ambient, bounding set, no new privileges
+        prefix += ["--inh-caps=+net_raw", "--ambient-caps=+net_raw",
+                   "--bounding-set=-all,+net_raw", "--no-new-privs"]
     if closed := closed_dir():
         hidden, keep = closed
         prefix = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", REVEAL,
@@ -124,6 +125,7 @@ def test_capture_as_an_unprivileged_user_with_cap_net_raw_records_jobs(
     assert replies == [f"{i} boj\n" for i in range(3)]
     assert sorted(j.payload for j in jobs) == sorted(
         [f"job {i}\n" for i in range(3)] + ["in the background"])
+    assert tap.proc.returncode == 0, output  # stopped its tcpdump and drained cleanly
     assert "Traceback" not in output
 
 
@@ -139,3 +141,30 @@ def test_the_same_user_without_the_capability_is_told_why(
     assert done.returncode == 2, done.stderr
     assert f"cannot capture on 'lo' as uid {NOBODY}" in done.stderr
     assert "CAP_NET_RAW" in done.stderr
+
+
+def test_capture_as_root_holding_only_the_compose_services_capabilities(
+        gearmand: Gearmand, tmp_path: Path, transactional_db: None) -> None:
+    """docker-compose.yml's hq-tap-capture: Docker gives a non-root user no capabilities, so
+    it runs as root with cap_drop ALL + NET_RAW, SETUID, SETGID (tcpdump, started as root,
+    switches to its own user once the capture is open) and KILL (to stop that tcpdump, now
+    another user's process), its spool a directory root owns. Without KILL the tap could
+    not stop its tcpdump and ended with a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to drop to a bounded set; this run is uid {os.geteuid()}")
+    compose = ["setpriv", "--bounding-set=-all,+net_raw,+setuid,+setgid,+kill",
+               "--inh-caps=-all", "--"]
+    tap = start_hq_tap("capture", gearmand, tmp_path, "compose-capture",
+                       env=tap_env(tmp_path / "spool"), prefix=compose)
+    worker = start_worker(gearmand.port, "rev", "rev")
+    try:
+        cap_eff = int(status_of(tap.proc.pid)["CapEff"], 16)
+        gearman(gearmand.port, "-b", "-f", "rev", "from compose")
+        jobs = wait_jobs("compose-capture", 1, state="completed")
+    finally:
+        stop_worker(worker)
+        output = tap.stop()
+    assert cap_eff == (1 << CAP_NET_RAW) | (1 << 5) | (1 << 6) | (1 << 7)  # +KILL SETGID SETUID
+    assert [j.payload for j in jobs] == ["from compose"]
+    assert tap.proc.returncode == 0, output
+    assert "Traceback" not in output
