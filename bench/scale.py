@@ -57,13 +57,13 @@ from common import (  # bench/ is a directory of scripts, not a package
     wait_for_drain,
     wait_for_workers,
 )
-from cost import Roots, Services, cpu_delta, postmaster_pid, private_services
+from cost import Measure, Roots, Services, cpu_delta, postmaster_pid, private_services
 from tap import collect_clients, php, start_workers, wait_for_line
 
 HOST = "127.0.0.1"
 HQ_TAP = Path(sys.executable).with_name("hq-tap")
-#: rows of the table: CPU per job of these roles (cost.py's names; no proxy child here)
-HQ_ROLES = ("tap", "tcpdump", "postgres", "redis")
+#: the table's columns of HQ's CPU per job (cost.py's roles; no proxy child in capture)
+SHOWN = ("tap", "tcpdump", "postgres", "redis")
 
 
 @dataclass
@@ -78,32 +78,14 @@ class Config:
 
 
 @dataclass
-class Run:
-    """N servers, once."""
+class Run(Measure):
+    """N servers, once: bench/cost.py's measure (CPU per job by role, HQ / gearmand), with
+    the jobs of N gearmand and the times of this bench."""
 
-    servers: int
-    rep: int
-    jobs: int  # submitted in all
-    ok: int = 0  # acknowledged by gearmand
-    drained_s: float = 0.0
-    recorded_s: float = 0.0
-    recorded: int = 0  # distinct payloads recorded completed, all servers
-    per_server: dict[str, int] = field(default_factory=dict)
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    loadavg: float = 0.0
-    error: str | None = None
-
-    def per_job_us(self, role: str) -> float:
-        return self.cpu_s.get(role, 0.0) / max(self.ok, 1) * 1e6
-
-    @property
-    def hq_us(self) -> float:
-        return sum(self.per_job_us(r) for r in HQ_ROLES)
-
-    @property
-    def ratio(self) -> float:
-        gm = self.per_job_us("gearmand")
-        return self.hq_us / gm if gm else float("nan")
+    servers: int = 1
+    drained_s: float = 0.0  # first submit → every queue drained
+    recorded_s: float = 0.0  # first submit → every row completed
+    per_server: dict[str, int] = field(default_factory=dict)  # rows checked, by server
 
     @property
     def postgres_cores(self) -> float:
@@ -204,7 +186,7 @@ def measure(procs: ProcessSet, cfg: Config, svc: Services, servers: Sequence[Ser
 
 def run_servers(cfg: Config, svc: Services, n: int, rep: int) -> Run:
     print(f"[rep {rep + 1}/{cfg.reps}] {n} gearmand, {n} taps", flush=True)
-    run = Run(n, rep, n * cfg.jobs)
+    run = Run("capture", "bg", rep, "", n * cfg.jobs, servers=n)
     with process_set() as procs:
         try:
             servers = [start_server(procs, svc, n, i) for i in range(n)]
@@ -222,7 +204,7 @@ def print_run(r: Run) -> None:
     if r.error and not r.ok:
         print(f"  ERROR {r.error}", flush=True)
         return
-    parts = "  ".join(f"{role} {r.per_job_us(role):.0f}" for role in (*HQ_ROLES, "gearmand"))
+    parts = "  ".join(f"{role} {r.per_job_us(role):.0f}" for role in (*SHOWN, "gearmand"))
     note = f"  ! {r.error}" if r.error else ""
     print(f"  {r.ok} jobs: drained in {r.drained_s:.2f} s ({r.ok / r.drained_s:.0f}/s), all "
           f"recorded in {r.recorded_s:.2f} s ({r.recorded / r.recorded_s:.0f}/s); µs/job: "
@@ -250,7 +232,7 @@ def table(cfg: Config, runs: Sequence[Run]) -> tuple[str, list[dict[str, Any]]]:
 
         cells = [f"{med(lambda r: r.ok / r.drained_s):,.0f}",
                  f"**{med(lambda r: r.recorded / r.recorded_s):,.0f}**",
-                 *(f"{med(lambda r, role=role: r.per_job_us(role)):,.0f}" for role in HQ_ROLES),
+                 *(f"{med(lambda r, role=role: r.per_job_us(role)):,.0f}" for role in SHOWN),
                  f"**{med(lambda r: r.hq_us):,.0f}**",
                  f"{med(lambda r: r.per_job_us('gearmand')):,.0f}",
                  f"{med(lambda r: r.ratio):.2f}×",
