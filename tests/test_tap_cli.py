@@ -65,7 +65,7 @@ def test_help_explains_modes_and_environment(tmp_path: Path) -> None:
      "is not writable by uid"),
     (["proxy", "--server", "gm1", "--listen", "127.0.0.1:x"], {}, "bad address"),
     (["capture", "--server", "gm1", "--port", "many"], {}, "invalid int value: 'many'"),
-    (["capture", "--server", "gm1", "--interface", "no-such-if0"], {},
+    (["capture", "--server=gm1", "--inter", "no-such-if0"], {},
      "no interface 'no-such-if0' on this host"),
 ])
 def test_bad_input_is_one_clear_line(args: list[str], env_change: dict[str, str],

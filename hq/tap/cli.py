@@ -100,15 +100,13 @@ def check_capture(interface: str) -> str | None:
             "deploy/hq-tap@.service), or use `hq-tap proxy`, which needs no privilege")
 
 
-def _option(argv: Sequence[str], name: str, default: str) -> str:
-    """The value of ``--name VALUE`` / ``--name=VALUE`` in argv (the last one wins)."""
-    value = default
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
+def peek(mode: str, rest: Sequence[str]) -> argparse.Namespace:
+    """The options preflight checks, read as the command's own parser will read them
+    (``--server=X``, ``--serv X``); the command parses everything again."""
+    parser = argparse.ArgumentParser(prog=f"hq-tap {mode}", add_help=False)
+    parser.add_argument("--server", default=os.environ.get("HQ_SERVER_NAME", ""))
+    parser.add_argument("--interface", default="lo")
+    return parser.parse_known_args(rest)[0]
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -117,7 +115,8 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 def preflight(mode: str, rest: Sequence[str]) -> None:
     """What a first install gets wrong, before anything starts (raises UsageError)."""
-    if not os.environ.get("HQ_SERVER_NAME") and _option(rest, "--server", "") == "":
+    seen = peek(mode, rest)
+    if not seen.server:
         raise UsageError("--server NAME is required: the name this gearmand has in HQ "
                          "(one per gearmand, e.g. the host name)")
     from django.conf import settings
@@ -126,7 +125,7 @@ def preflight(mode: str, rest: Sequence[str]) -> None:
     if spool_problem:
         raise UsageError(spool_problem)
     if mode == "capture":
-        capture_problem = check_capture(_option(rest, "--interface", "lo"))
+        capture_problem = check_capture(seen.interface)
         if capture_problem:
             raise UsageError(capture_problem)
     if not os.environ.get("REDIS_URL"):
