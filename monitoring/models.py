@@ -19,6 +19,15 @@ class ServerState(models.Model):
     down_since = models.DateTimeField(null=True)
     failed_polls = models.IntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    #: an operator hid this server from the pages (``monitoring.retire``); it stays hidden
+    #: while nothing polls it after that moment (``is_retired``), its history is kept
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def is_retired(self) -> bool:
+        """Retired, and not polled since: a tap that polls it again brings it back."""
+        return self.retired_at is not None and (
+            self.polled_at is None or self.polled_at <= self.retired_at)
 
 
 class QueueSnapshot(models.Model):

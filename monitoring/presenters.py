@@ -21,6 +21,9 @@ Row = dict[str, Any]
 
 #: failure rate (0..1) from which the rate is shown as bad rather than as a warning
 FAILURE_BAD = 0.05
+#: a queue "needs attention" for its failures from this rate over the last hour, with at
+#: least FAILING_MIN failures (one failure out of three is noise, not an incident)
+FAILING_RATE, FAILING_MIN = 0.2, 5
 SPARK_W, SPARK_H, SPARK_PAD = 96, 24, 2
 
 
@@ -52,11 +55,30 @@ def queue_row(queue: Row) -> Row:
     row["url"] = queue_url(queue["function"])
     row["listed"] = queue["queued"] is not None  # gearmand's last status names it
     row["no_workers"] = bool(queue["queued"]) and not queue["workers"]
+    row["failing"] = failing(queue)
     row["flag"] = ("no-workers" if row["no_workers"]
-                   else "backed-up" if queue["backed_up"] else "")
+                   else "backed-up" if queue["backed_up"]
+                   else "failing" if row["failing"] else "")
     row["failure_pct"], row["failure_tone"] = failure(queue["failure_rate_1h"])
     row["spark"] = sparkline(queue["sparkline"])
     return row
+
+
+def failing(queue: Row) -> bool:
+    """A queue whose last hour failed badly enough to look at now: at least
+    ``FAILING_MIN`` failures and ``FAILING_RATE`` of what finished."""
+    rate = queue["failure_rate_1h"]
+    return rate is not None and rate >= FAILING_RATE and queue["failed_1h"] >= FAILING_MIN
+
+
+#: the order queues that need attention come in (most urgent first)
+FLAG_RANK = {"no-workers": 0, "backed-up": 1, "failing": 2}
+
+
+def attention_order(row: Row) -> tuple[int, int, float, str, str]:
+    """Sort key of a flagged row: its flag, then the deepest queue, the oldest job."""
+    return (FLAG_RANK.get(row["flag"], 3), -(row["queued"] or 0), -(row["age_ms"] or 0),
+            row["function"], row["server"])
 
 
 def queue_url(function: str) -> str | None:

@@ -13,6 +13,8 @@ health — the web tier reads through :func:`shared_queues`, :func:`shared_worke
 from __future__ import annotations
 
 import hashlib
+import json
+import operator
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -57,6 +59,38 @@ def servers() -> list[dict[str, Any]]:
     return out
 
 
+def retired_servers() -> set[str]:
+    """Names of the servers an operator retired that nothing has polled since
+    (``monitoring.retire``): the pages leave them out unless asked."""
+    rows = ServerState.objects.filter(retired_at__isnull=False).values_list(
+        "server__name", "retired_at", "polled_at")
+    return {name for name, retired, polled in rows
+            if retired is not None and (polled is None or polled <= retired)}
+
+
+#: a queue with nothing queued or running and no job for this long is idle
+IDLE_AFTER = timedelta(hours=24)
+
+
+def idle_queues(rows: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(server name, function) of the ``queues()`` rows that are idle: nothing queued or
+    running now, nothing finished in the last hour, and no rollup minute (a job
+    submitted, completed or failed) in the last 24 h. The 24 h look is one index probe
+    per candidate row (``rollup_key``), so its cost follows the number of queues, not
+    the number of jobs."""
+    candidates = [r for r in rows if not r["queued"] and not r["running"]
+                  and not r["completed_1h"] and not r["failed_1h"]]
+    if not candidates:
+        return set()
+    with connection.cursor() as cur:
+        cur.execute(ACTIVE_SINCE_SQL, {
+            "servers": [r["server"] for r in candidates],
+            "functions": [r["function"] for r in candidates],
+            "since": timezone.now() - IDLE_AFTER})
+        active = set(cur.fetchall())
+    return {(r["server"], r["function"]) for r in candidates} - active
+
+
 class PollState(NamedTuple):
     """What the admin poller last wrote about one server (``services.record_poll``)."""
 
@@ -88,7 +122,9 @@ OLDEST_SQL = _sql("oldest_queued")
 RUNNING_SQL = _sql("running_since")
 ROLLUP_COUNTS_SQL = _sql("rollup_counts")
 ROLLUP_HIST_SQL = _sql("rollup_histograms")
+ROLLUP_BANDS_SQL = _sql("rollup_bands")
 DEPTH_SQL = _sql("depths")
+ACTIVE_SINCE_SQL = _sql("active_since")
 TIME_TO_COMPLETE_SQL = _sql("time_to_complete").replace("BUCKET_OF_MS",
                                                         histogram.sql_bucket("ms"))
 
@@ -105,9 +141,13 @@ def latest_snapshots(*, since: datetime, server: str | None = None
 
 
 def rollup_sums(*, since: datetime | None, until: datetime | None = None,
-                server: str | None = None) -> dict[Key, dict[str, Any]]:
+                server: str | None = None, functions: Iterable[str] | None = None
+                ) -> dict[Key, dict[str, Any]]:
     """Rollup minutes in ``[since, until)`` added up per server and function: counts,
-    and the runtime and wait histograms bucket by bucket."""
+    and the runtime and wait histograms bucket by bucket. ``functions``: only those."""
+    if functions is not None and since is not None and until is None:
+        # a few queues: their minute rows added up here cost less than unnesting in SQL
+        return rollup_windows([since], server=server, functions=functions)[since]
     args = {"since": since, "until": until, "server": server}
     out: dict[Key, dict[str, Any]] = {}
     with connection.cursor() as cur:
@@ -120,6 +160,70 @@ def rollup_sums(*, since: datetime | None, until: datetime | None = None,
             agg = out.setdefault((sid, function), _sums(0, 0, 0))
             agg[kind][min(max(int(index), 0), histogram.SIZE - 1)] += int(count)
     return out
+
+
+def rollup_windows(starts: Iterable[datetime], *, server: str | None = None,
+                   functions: Iterable[str] | None = None
+                   ) -> dict[datetime, dict[Key, dict[str, Any]]]:
+    """:func:`rollup_sums` since each of ``starts`` (until now), all from one scan of the
+    rollups since the oldest: the minutes are summed per band between two starts, and a
+    window adds up its bands (counts and histograms both add). ``server``, ``functions``:
+    only those."""
+    edges = sorted(set(starts))
+    if not edges:
+        return {}
+    bands: dict[int, dict[Key, dict[str, Any]]] = defaultdict(dict)
+    with connection.cursor() as cur:
+        cur.execute(ROLLUP_BANDS_SQL, {
+            "starts": edges, "since": edges[0], "server": server,
+            "functions": None if functions is None else sorted(functions)})
+        rows = cur.fetchall()
+    for sid, function, band, submitted, completed, failed, runtime, wait in rows:
+        agg = bands[band].get((sid, function))
+        if agg is None:
+            agg = bands[band][(sid, function)] = _sums(0, 0, 0)
+        agg["submitted"] += submitted
+        agg["completed"] += completed
+        agg["failed"] += failed
+        _add_stored(agg["runtime"], runtime)
+        _add_stored(agg["wait"], wait)
+    out: dict[datetime, dict[Key, dict[str, Any]]] = {}
+    total: dict[Key, dict[str, Any]] = {}
+    for k in range(len(edges), 0, -1):  # newest band first: each window adds one band
+        for key, agg in bands.get(k, {}).items():
+            acc = total.setdefault(key, _sums(0, 0, 0))
+            for name in ("submitted", "completed", "failed"):
+                acc[name] += agg[name]
+            histogram.add(acc["runtime"], agg["runtime"])
+            histogram.add(acc["wait"], agg["wait"])
+        out[edges[k - 1]] = {key: _copy(agg) for key, agg in total.items()}
+    return out
+
+
+def _add_stored(into: list[int], hist: object) -> None:
+    """Add a histogram as a rollup row stores it (a JSON list of counts) into ``into``;
+    what is not a list, or not a count, counts as empty (as in the SQL sums). Django
+    hands ``jsonb`` over as its text."""
+    if isinstance(hist, str | bytes):
+        try:
+            hist = json.loads(hist)
+        except ValueError:
+            return
+    if not isinstance(hist, list) or not hist:
+        return
+    if len(hist) > histogram.SIZE:  # the last bucket holds everything beyond it
+        hist = [*hist[:histogram.SIZE - 1], *[sum(x for x in hist[histogram.SIZE - 1:]
+                                                  if type(x) is int)]]
+    try:  # element by element in C (a list is converted whole before it is assigned)
+        into[:len(hist)] = map(operator.add, into, hist)
+    except TypeError:  # a value that is not a count: add the counts one by one
+        for i, n in enumerate(hist):
+            if type(n) is int:
+                into[i] += n
+
+
+def _copy(agg: dict[str, Any]) -> dict[str, Any]:
+    return {**agg, "runtime": list(agg["runtime"]), "wait": list(agg["wait"])}
 
 
 def _sums(submitted: int, completed: int, failed: int) -> dict[str, Any]:
@@ -161,16 +265,22 @@ def time_to_complete(*, windows: Iterable[int], until: datetime
     return out
 
 
-def queues(server: str | None = None) -> list[dict[str, Any]]:
-    """One row per server and function: gearmand's live counts plus the last hour."""
+def queues(server: str | None = None, *, functions: Iterable[str] | None = None,
+           sparklines: bool = True) -> list[dict[str, Any]]:
+    """One row per server and function: gearmand's live counts plus the last hour.
+    ``functions``: only those (the last hour is then read for them alone);
+    ``sparklines=False`` leaves the depth history empty (one query less)."""
     now = timezone.now()
+    only = None if functions is None else set(functions)
     rows: dict[Key, dict[str, Any]] = {}
     names = dict(Server.objects.values_list("id", "name"))
     for sid, sname, function, total, running, workers, _at in latest_snapshots(
             since=now - FRESH, server=server):
-        rows[(sid, function)] = _queue_row(sname, function, max(total - running, 0),
-                                           running, workers)
-    hour = rollup_sums(since=minute_of(now - timedelta(hours=1)), server=server)
+        if only is None or function in only:
+            rows[(sid, function)] = _queue_row(sname, function, max(total - running, 0),
+                                               running, workers)
+    hour = rollup_sums(since=minute_of(now - timedelta(hours=1)), server=server,
+                       functions=only)
     for key, agg in hour.items():
         row = rows.get(key)
         if row is None:  # seen in jobs, not listed by gearmand now (server down, or idle)
@@ -180,11 +290,29 @@ def queues(server: str | None = None) -> list[dict[str, Any]]:
         row = rows.get(key)
         if row is not None and row["queued"]:
             row["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 1)
-    _add_sparklines(rows, server, now)
+    if sparklines:
+        _add_sparklines(rows, server, now)
     for row in rows.values():
         row["backed_up"] = bool(row["queued"]) and (
             not row["workers"] or (row["oldest_queued_age_s"] or 0) > 60)
     return sorted(rows.values(), key=lambda r: (r["server"], r["function"]))
+
+
+def queue_depths(server: str | None = None) -> dict[str, int]:
+    """Jobs queued now per function (the deepest server's count when several have it)
+    for every queue :func:`queues` lists: gearmand's latest status, and 0 for a queue
+    known only from the last hour's rollups. Cheap: no histogram is read."""
+    now = timezone.now()
+    out: dict[str, int] = {}
+    for _sid, _name, function, total, running, _w, _at in latest_snapshots(
+            since=now - FRESH, server=server):
+        out[function] = max(out.get(function, 0), max(total - running, 0))
+    args = {"since": minute_of(now - timedelta(hours=1)), "until": None, "server": server}
+    with connection.cursor() as cur:
+        cur.execute(ROLLUP_COUNTS_SQL, args)
+        for _sid, function, *_counts in cur.fetchall():
+            out.setdefault(function, 0)
+    return out
 
 
 def minute_of(at: datetime) -> datetime:
@@ -347,13 +475,13 @@ def _running_jobs(server_ids: set[int]) -> list[Job]:
 def _current_job(w: Worker, running: list[Job]) -> Job | None:
     """The job this worker runs now. Jobs name their worker by client id, else by peer
     address (ip:port); gearmand's ``workers`` lists only the ip, so without a client id
-    the match is by ip among the worker's functions."""
+    the match is by ip among the worker's functions (by ip:port for a row from the traffic)."""
     for job in running:
         if job.server_id != w.server_id or job.function not in w.functions:
             continue
         if w.client_id and job.worker == w.client_id:
             return job
-        if not w.client_id and job.worker.rpartition(":")[0] == w.address:
+        if not w.client_id and w.address in (job.worker, job.worker.rpartition(":")[0]):
             return job
     return None
 

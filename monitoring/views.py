@@ -9,36 +9,53 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.http import HttpResponse
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect
+from django.views.decorators.http import require_GET, require_POST
 
-from hq.errors import InvalidInput
-from hq.web import HtmxHttpRequest, is_fragment, render_page, viewer_required
+from hq.errors import HQError, InvalidInput
+from hq.models import Role
+from hq.web import HtmxHttpRequest, is_fragment, render_page, role_required, viewer_required
 from jobs import retention
 from jobs.tap_health import TapHealth
 
-from . import selectors
-from .presenters import has_data, queue_row, server_card, summary, totals, worker_row
+from . import retire, selectors
+from .overview import Options, overview_context
+from .presenters import has_data, queue_row, summary, worker_row
 
 DEFAULT_RANGE = "1h"
+OPERATORS_ONLY = "Only operators and admins may retire a server."
 STEP_LABELS = {60: "per minute", 300: "per 5 min", 900: "per 15 min", 3600: "per hour"}
 
 
 @require_GET
 @viewer_required
 def overview(request: HtmxHttpRequest) -> HttpResponse:
-    taps = _taps_health()
-    servers = [server_card(s, taps.get(s["name"])) for s in selectors.servers()]
-    rows = [queue_row(q) for q in selectors.shared_queues()]
-    context = {
-        "servers": servers, "queues": rows, "totals": totals(rows, servers),
-        "attention": [r for r in rows if r["flag"]],
-        "many_servers": len(servers) > 1 or len({r["server"] for r in rows}) > 1,
-    }
+    opts = Options.from_query(request.GET)
+    context = overview_context(opts, selectors.servers(), selectors.shared_queues(),
+                               _taps_health())
     if not is_fragment(request):  # the page head, not the live part: once per visit
         context["history"] = {**retention.storage(),
                               "retention_days": settings.HQ_EVENT_RETENTION_DAYS}
     return render_page(request, "monitoring/overview.html", "monitoring/_overview.html", context)
+
+
+@require_POST
+@role_required(Role.OPERATOR, OPERATORS_ONLY)
+def server_retire(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Retire a server nothing polls (``retired=1``) or show it again (``retired=0``)."""
+    retired = request.POST.get("retired", "1") == "1"
+    try:
+        server = retire.set_retired(server_id=pk, retired=retired, user=request.user)
+    except HQError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{server.name} is retired: hidden from the overview, "
+                                  "its history kept." if retired
+                         else f"{server.name} is listed again.")
+    back = request.POST.get("next", "")
+    return redirect(back if back.startswith("/") and not back.startswith("//") else "overview")
 
 
 def _taps_health() -> dict[str, TapHealth]:
@@ -52,7 +69,8 @@ def _taps_health() -> dict[str, TapHealth]:
 @require_GET
 @viewer_required
 def workers(request: HtmxHttpRequest) -> HttpResponse:
-    rows = [worker_row(w) for w in selectors.shared_workers()]
+    hidden = set() if request.GET.get("retired") == "1" else selectors.retired_servers()
+    rows = [worker_row(w) for w in selectors.shared_workers() if w["server"] not in hidden]
     busy = sum(r["current_job"] is not None for r in rows)
     context = {
         "workers": rows, "busy": busy, "idle": len(rows) - busy,

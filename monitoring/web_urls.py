@@ -9,6 +9,7 @@ from . import views
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("workers/", views.workers, name="workers"),
+    path("servers/<int:pk>/retire/", views.server_retire, name="server-retire"),
     # ``path``, not ``str``: a Gearman function name may contain "/"
     path("queues/<path:function>/", views.queue_detail, name="queue-detail"),
 ]

@@ -100,7 +100,10 @@ def test_overview_servers_and_queues(viewer, world):
     stranded = _row(html, "transcode_video")
     assert "row-no-workers" in stranded and "no workers" in stranded
     assert "bad-text" in stranded
-    idle = _row(html, "nightly_report")
+    # nightly_report is idle (nothing queued or running, no job in 24 h): folded
+    assert 'data-function="nightly_report"' not in html
+    assert 'data-idle="1">Show 1 idle queue</label>' in html
+    idle = _row(viewer.get("/", {"idle": "1"}).content.decode(), "nightly_report")
     assert 'class="queue-row"' in idle
     # the two that need attention are named above the table
     banner = re.search(r'<div class="attention".*?</div>', html, re.S).group(0)
