@@ -51,6 +51,7 @@ from .limits import (
 from .protocol import ARG_COUNT, AdminLine, Packet, PacketType
 from .stream import ConnKey
 from .values import Cleaner, note
+from .workers import ABILITY_TYPES, WorkerWatch
 
 __all__ = ["COUNTERS", "Event", "Tracker", "handle_number"]
 
@@ -103,6 +104,8 @@ class Tracker(BootTracking):
         self._pending_count = 0  # submits stored in every connection's Pending
         self._pending_bytes = 0  # and their payload bytes
         self._now = 0.0  # the latest time seen, for a close the source did not report
+        #: workers' abilities from CAN_DO & co; set ``workers.emit`` to receive the facts
+        self.workers = WorkerWatch(self.clean)
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -116,6 +119,7 @@ class Tracker(BootTracking):
 
     def closed(self, key: ConnKey, ts: float) -> None:
         conn = self._conns.pop(key, None)
+        self.workers.closed(key, conn, ts)
         if conn is None:
             return
         self._drop_pending(conn)
@@ -209,6 +213,9 @@ class Tracker(BootTracking):
                 self._emit(PROGRESS_KIND[ptype], handle, ts, conn, data=data, size=size)
         elif ptype == _SET_CLIENT_ID:
             conn.client_id = self.clean.name(args[0], WORKER_MAX)
+            self.workers.renamed(conn, ts)
+        elif ptype in ABILITY_TYPES:
+            self.workers.ability(conn, ptype, args, ts)
 
     def _response(self, conn: Conn, pkt: Packet, ts: float) -> None:
         ptype = pkt.type

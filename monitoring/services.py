@@ -1,20 +1,25 @@
 """Writes for monitoring: what a poll of gearmand's admin protocol found, and rollups.
 
 The tap process polls its gearmand every ``HQ_POLL_INTERVAL`` seconds (``hq/tap/runner.py``)
-and calls :func:`record_poll` / :func:`record_poll_failure`. A Celery beat task calls
+and calls :func:`record_poll` / :func:`record_poll_failure`. Worker rows follow the traffic
+(:func:`apply_worker_facts`, within a second of a CAN_DO or a disconnect) and each poll's
+``workers`` list reconciles them (:func:`reconcile_workers`). A Celery beat task calls
 :func:`refresh_rollups` for the last few minutes, so late events are folded in too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from broker.admin import FunctionStatus, WorkerLine
+from broker.workers import WorkerFact
 
 from . import histogram
 from .models import QueueSnapshot, Rollup, Server, ServerState, Worker
@@ -35,7 +40,7 @@ def _server(name: str, address: str) -> Server:
 @transaction.atomic
 def record_poll(
     *, name: str, address: str, pid: str, version: str,
-    statuses: Sequence[FunctionStatus], workers: Sequence[WorkerLine],
+    statuses: Sequence[FunctionStatus], workers: Sequence[WorkerLine] | None,
     at: datetime | None = None,
 ) -> Server:
     at = at or timezone.now()
@@ -51,27 +56,120 @@ def record_poll(
         QueueSnapshot(server=server, function=s.function, at=at, total=s.total,
                       running=s.running, workers=s.workers) for s in statuses
     ])
-    _sync_workers(server, workers, at)
+    if workers is not None:  # None: the tap reconciles them with the traffic's
+        reconcile_workers(server, workers, at)
     return server
 
 
-def _sync_workers(server: Server, lines: Sequence[WorkerLine], at: datetime) -> None:
-    """Make the Worker rows of ``server`` match gearmand's ``workers`` list. Connections
-    that have no functions are clients (or admin connections like ours): skipped."""
-    seen = {(w.fd, w.address, w.client_id): w for w in lines if w.functions}
-    existing = {(w.fd, w.address, w.client_id): w for w in server.workers.all()}
-    gone = [w.pk for key, w in existing.items() if key not in seen]
+#: ``fd`` of a worker row known from the traffic (gearmand's fd is not on the wire); its
+#: ``address`` is then the worker's ``ip:port``, the name its jobs are recorded under
+WIRE_FD = -1
+
+#: what the admin list and the traffic have in common for one worker connection
+Signature = tuple[str, frozenset[str]]
+
+
+def signature(client_id: str, functions: Iterable[str]) -> Signature:
+    return client_id, frozenset(functions)
+
+
+@dataclass
+class WorkerChanges:
+    """What :func:`apply_worker_facts` changed: functions (for the live stream) and the
+    signatures of the rows it created, changed or deleted (for :func:`reconcile_workers`)."""
+
+    functions: set[str] = field(default_factory=set)
+    signatures: set[Signature] = field(default_factory=set)
+
+
+@transaction.atomic
+def apply_worker_facts(*, name: str, address: str,
+                       facts: Sequence[WorkerFact]) -> WorkerChanges:
+    """Worker rows from the traffic (``broker/workers.py``): one row per worker connection,
+    keyed by its ``ip:port``, created at its first CAN_DO, updated on every change, deleted
+    when it drops its last function or goes away. ``facts``: the latest per peer."""
+    server = _server(name, address)
+    rows = {w.address: w for w in Worker.objects.select_for_update().filter(
+        server=server, fd=WIRE_FD, address__in=[f.peer for f in facts])}
+    out = WorkerChanges()
+    for fact in facts:
+        at = datetime.fromtimestamp(fact.ts, UTC)
+        row = rows.get(fact.peer)
+        if row is not None:
+            out.functions.update(row.functions)
+            out.signatures.add(signature(row.client_id, row.functions))
+        if fact.functions:
+            out.functions.update(fact.functions)
+            out.signatures.add(signature(fact.client_id, fact.functions))
+        if fact.gone or not fact.functions:
+            if row is not None:
+                row.delete()
+        elif row is None:
+            Worker.objects.create(server=server, fd=WIRE_FD, address=fact.peer,
+                                  client_id=fact.client_id, functions=list(fact.functions),
+                                  connected_at=at, last_seen=at)
+        else:
+            Worker.objects.filter(pk=row.pk).update(
+                client_id=fact.client_id, functions=list(fact.functions), last_seen=at)
+    return out
+
+
+@transaction.atomic
+def reconcile_polled_workers(*, name: str, address: str, lines: Sequence[WorkerLine],
+                             at: datetime, unsettled: Collection[Signature]) -> None:
+    """The tap's reconciliation of its traffic-made worker rows (see below)."""
+    reconcile_workers(_server(name, address), lines, at, unsettled)
+
+
+def reconcile_workers(server: Server, lines: Sequence[WorkerLine], at: datetime,
+                      unsettled: Collection[Signature] = ()) -> None:
+    """Make the Worker rows of ``server`` match gearmand's ``workers`` list, taken at
+    ``at``. Connections that have no functions are clients (or admin connections like
+    ours): skipped.
+
+    A listed worker that a row from the traffic explains (same client id and functions,
+    the same host preferred) keeps that row; the other listed workers get rows of their own
+    (workers HQ did not see connect). A traffic row gearmand does not list is deleted: its
+    end was missed. ``unsettled``: signatures the traffic changed since shortly before the
+    list was taken; the list may be older than the traffic there, so neither side of such a
+    worker is touched this time."""
+    wire: dict[Signature, list[Worker]] = defaultdict(list)
+    polled: dict[tuple[int, str, str], Worker] = {}
+    for row in server.workers.all():
+        if row.fd == WIRE_FD:
+            wire[signature(row.client_id, row.functions)].append(row)
+        else:
+            polled[(row.fd, row.address, row.client_id)] = row
+    seen: dict[tuple[int, str, str], WorkerLine] = {}
+    explained: list[int] = []
+    for line in lines:
+        if not line.functions:
+            continue
+        sig = signature(line.client_id, line.functions)
+        candidates = wire.get(sig)
+        if candidates:
+            same_host = [r for r in candidates if r.address.rpartition(":")[0] == line.address]
+            match = (same_host or candidates)[0]
+            candidates.remove(match)
+            explained.append(match.pk)
+        elif sig not in unsettled:
+            seen[(line.fd, line.address, line.client_id)] = line
+    if explained:
+        Worker.objects.filter(pk__in=explained).update(last_seen=at)
+    gone = [r.pk for sig, rows in wire.items() if sig not in unsettled for r in rows]
+    gone += [w.pk for key, w in polled.items()
+             if key not in seen and signature(w.client_id, w.functions) not in unsettled]
     if gone:
         Worker.objects.filter(pk__in=gone).delete()
     for key, line in seen.items():
-        row = existing.get(key)
-        if row is None:
+        known = polled.get(key)
+        if known is None:
             Worker.objects.create(server=server, fd=line.fd, address=line.address,
                                   client_id=line.client_id, functions=list(line.functions),
                                   connected_at=at, last_seen=at)
         else:
-            Worker.objects.filter(pk=row.pk).update(functions=list(line.functions),
-                                                   last_seen=at)
+            Worker.objects.filter(pk=known.pk).update(functions=list(line.functions),
+                                                     last_seen=at)
 
 
 @transaction.atomic

@@ -31,6 +31,7 @@ from jobs.ingest import EventWriter, conninfo_from_settings
 from monitoring import live, taps
 
 from .threads import ThreadWatch
+from .workers import WorkerSync
 
 log = logging.getLogger("hq.tap")
 P = ParamSpec("P")
@@ -77,6 +78,9 @@ class TapRunner:
                          "reconciled_lost": 0, "unrecorded_lost": 0, "reconcile_errors": 0}
         self._stop = threading.Event()
         self._stopping = False
+        #: worker rows from the traffic, reconciled with each poll's list
+        self.workers = WorkerSync(server, f"{gearman[0]}:{gearman[1]}", self._stop)
+        self.sink.tracker.workers.emit = self.workers.fact
         self._started_at = time.time()
         self._stats_interval = stats_interval
         self._poll_interval = poll_interval or settings.HQ_POLL_INTERVAL
@@ -96,6 +100,7 @@ class TapRunner:
         self.watch.watch(self.writer.thread)
         self.watch.spawn(self._watch_boot, "hq-boot-watch")
         self.watch.spawn(self._log_stats, "hq-tap-stats")
+        self.watch.spawn(self.workers.run, "hq-workers")
         threading.Thread(target=self._startup, name="hq-tap-startup", daemon=True).start()
         log.info("tap for server %r watching gearmand %s:%d (pid %s)", self.server,
                  *self.gearman, self.pid)
@@ -170,7 +175,7 @@ class TapRunner:
             "writer": self.writer.stats(),
             "process": {"pid": os.getpid(), "started_at": self._started_at,
                         "stopping": self._stopping, "dead_thread": self.watch.dead,
-                        **self.counters},
+                        **self.counters, **self.workers.counters},
             **self.extra_stats,
         }
 
@@ -211,7 +216,8 @@ class TapRunner:
             self._held = (listed_at, held, self.sink.tracker.boot)
         self._reconcile()
         self._safely(record_poll, name=self.server, address=address, pid=pid, version=version,
-                     statuses=statuses, workers=workers)
+                     statuses=statuses, workers=None)
+        self.workers.poll(workers, listed_at)
         self._publish_poll(statuses, workers)
 
     def _reconcile(self) -> None:

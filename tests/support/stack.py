@@ -116,15 +116,17 @@ class Tap:
         return self.log.read_text()
 
 
-def start_tap(mode: str, gearmand: Gearmand, tmp_path: Path, *, server: str = "") -> Tap:
+def start_tap(mode: str, gearmand: Gearmand, tmp_path: Path, *, server: str = "",
+              overrides: dict[str, str] | None = None) -> Tap:
     """``manage.py gearman_capture`` or ``gearman_proxy`` in front of ``gearmand``, returned
-    once it is ready; the caller stops it (``Tap.stop``)."""
+    once it is ready; the caller stops it (``Tap.stop``). ``overrides``: more environment."""
     server = server or f"t-{uuid.uuid4().hex[:8]}"
     log = tmp_path / f"tap-{server}.log"
     env = dict(os.environ, DATABASE_URL=database_url(),
                HQ_SPOOL_DIR=str(tmp_path / "spool"), HQ_INGEST_FLUSH_MS="50", HQ_POLL_INTERVAL="1",
                HQ_RECONCILE_INTERVAL="1",
                PYTHONUNBUFFERED="1")
+    env.update(overrides or {})
     manage = [sys.executable, str(MANAGE)]
     if mode == "capture":
         port = gearmand.port
