@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_datetime
 
 from hq.errors import InvalidInput, NotFound
+from hq.prepared import PreparedRows, Shapes
 
 from .lookups import like_pattern  # importing it registers __ilike
 from .models import Job, JobEvent, SearchText, Server, State
@@ -68,6 +70,35 @@ def filter_values(params: Mapping[str, object]) -> dict[str, str]:
                                fields={name: [f"{limit} characters at most."]})
         value[name] = raw
     return value
+
+
+#: filters search_jobs puts into the query as they are (exact matches): a prepared search
+#: takes new values for them without compiling again
+EXACT_FILTERS = ("handle", "function", "unique", "worker", "server")
+#: filters it checks and maps onto a few values: a prepared search's shape includes them
+CHOICE_FILTERS = ("state", "priority", "background", "dead")
+SHAPES = Shapes()
+
+
+def prepared_search(params: Mapping[str, object], *, payload_search: bool = True,
+                    columns: Sequence[str], related: Mapping[str, Any]) -> PreparedRows | None:
+    """:func:`search_jobs` ``.values(*columns, **related)`` as a :class:`PreparedRows`
+    (SQL compiled once per shape, hq/prepared.py), or None when a filter in ``params``
+    (times, ``q``, ``retry_of``) needs the ORM every time."""
+    value = filter_values(params)
+    if any(value[name] for name in FILTERS
+           if name not in EXACT_FILTERS and name not in CHOICE_FILTERS):
+        return None
+    exact = {name: value[name] for name in EXACT_FILTERS if value[name]}
+    choices = {name: value[name] for name in CHOICE_FILTERS if value[name]}
+
+    def build(values: Mapping[str, Any]) -> QuerySet[Job, dict[str, Any]]:
+        return search_jobs({**choices, **values}, payload_search=payload_search).values(
+            *columns, **related)
+
+    shape = (tuple(exact), tuple(choices.items()), payload_search, tuple(columns),
+             tuple(related))
+    return PreparedRows(SHAPES, build, Job, shape, exact)
 
 
 def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) -> QuerySet[Job]:

@@ -70,3 +70,29 @@ def test_the_web_ui_s_own_api_calls_count_per_user(viewer: object, vera: Abstrac
     assert isinstance(viewer, Client)
     assert [viewer.get("/api/v1/servers/").status_code for _ in range(3)] == [200, 200, 429]
     assert _statuses(api_client(vera), 1) == [200]  # her token is counted apart
+
+
+@override_settings(HQ_API_RATE=60, HQ_API_RATE_WINDOW_S=3600)
+def test_far_from_the_limit_requests_reach_redis_in_batches_and_the_limit_stays_exact(
+        vera: AbstractUser) -> None:
+    """Each process adds its requests to Redis in batches (hq/throttles.py SYNC_EVERY) while
+    the next batch cannot cross the limit, and on every request after that: the 61st of 60
+    is refused, not the 61st plus a batch."""
+    import time
+
+    from rest_framework.test import APIClient
+
+    from hq.models import hash_token
+    from hq.services import issue_token
+    from hq.shared_cache import client, redis_key
+    from hq.throttles import SYNC_EVERY
+
+    raw = issue_token(vera)
+    script = APIClient()
+    script.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    key = redis_key(f"rate:t:{hash_token(raw)[:24]}:{int(time.time() // 3600)}")
+    assert _statuses(script, 5) == [200] * 5
+    assert int(client().get(key) or 0) < 5  # batched: the first request, not every one
+    assert _statuses(script, 55) == [200] * 55
+    assert _statuses(script, 2) == [429, 429]
+    assert int(client().get(key) or 0) >= 60 - SYNC_EVERY
