@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Set
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -70,8 +71,11 @@ def alert_metrics(windows: set[int], now: datetime | None = None, *,
             out[key]["oldest_queued_age"] = (now - oldest).total_seconds()
     for key, started in selectors.running_since().items():
         out[key]["running_too_long"] = (now - started).total_seconds()
-    for window in windows:
-        _add_window(out, live, window, now)
+    starts = {window: selectors.minute_of(now - timedelta(seconds=window))
+              for window in windows}
+    sums = selectors.rollup_windows(starts.values())  # every window in one scan
+    for window, start in starts.items():
+        _add_window(out, live, window, sums[start])
     add_time_to_complete(out, complete_windows, now)
     _add_dead_letters(out, windows, now)
     _add_taps(out, now)
@@ -148,9 +152,8 @@ def _add_taps(out: Values, now: datetime) -> None:
 
 
 def _add_window(out: Values, live: dict[tuple[int, str], int], window: int,
-                now: datetime) -> None:
-    since = selectors.minute_of(now - timedelta(seconds=window))
-    for key, agg in selectors.rollup_sums(since=since).items():
+                sums: dict[tuple[int, str], dict[str, Any]]) -> None:
+    for key, agg in sums.items():
         m = out[key]
         done = agg["completed"] + agg["failed"]
         m[f"failure_rate@{window}"] = agg["failed"] / done if done else None
