@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Gearman HQ images (used by docker-compose.yml). Two targets:
 #   gearmand  stock gearmand 1.1.x from Debian bookworm (what HQ watches)
-#   hq        the Django app: web (python -m hq.serve: gunicorn + uvicorn workers), worker
+#   hq        the Django app: web (python -m hq.serve: granian for HTTP, gunicorn + uvicorn
+#             for the live websocket on 8001), worker
 #             (celery -B), tap (proxy or capture)
 #             -- the default target
 #
@@ -47,7 +48,7 @@ RUN HQ_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
     && mkdir -p /app/var/spool /app/var/log \
     && chown -R hq: /app/var
 USER hq
-EXPOSE 8000 4730
+EXPOSE 8000 8001 4730
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
-CMD ["python", "-m", "hq.serve", "--bind", "0.0.0.0:8000"]
+CMD ["python", "-m", "hq.serve", "--bind", "0.0.0.0:8000", "--ws-bind", "0.0.0.0:8001"]

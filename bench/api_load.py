@@ -17,7 +17,11 @@ other load of a shared machine disturbs least), and how many Postgres connection
 tier held during and after the run.
 
     .venv/bin/python bench/api_load.py [--clients 16 --clients 64] [--seconds 10]
-        [--server gunicorn|daphne] [--database-url postgres://…/hq_bench_api]
+        [--server hq.serve|asgi|daphne] [--database-url postgres://…/hq_bench_api]
+
+``hq.serve`` is the server as ``make run`` starts it (granian WSGI workers for HTTP, the
+websocket server beside it on a port of its own); ``asgi`` is the server before that (two
+gunicorn + uvicorn workers running hq.asgi for HTTP too), kept to measure against.
 """
 
 from __future__ import annotations
@@ -143,11 +147,17 @@ def token(db_url: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def server_argv(kind: str, port: int) -> list[str]:
+def server_argv(kind: str, port: int, ws_port: int) -> list[str]:
+    """The server's command line: HTTP on ``port``, websockets on ``ws_port`` (the same
+    port but for hq.serve)."""
     venv = Path(PY).parent
     if kind == "daphne":
         return [str(venv / "daphne"), "-b", "127.0.0.1", "-p", str(port), "hq.asgi:application"]
-    return [PY, "-m", "hq.serve", "--bind", f"127.0.0.1:{port}"]
+    if kind == "asgi":  # the websocket half of hq.serve, serving HTTP with 2 workers
+        return [PY, "-m", "hq.serve", "ws", "--ws-bind", f"127.0.0.1:{port}",
+                "--ws-workers", "2"]
+    return [PY, "-m", "hq.serve", "--bind", f"127.0.0.1:{port}",
+            "--ws-bind", f"127.0.0.1:{ws_port}"]
 
 
 def psycopg_error() -> type[Exception]:
@@ -242,8 +252,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url",
                    default="postgres://postgres@127.0.0.1:5432/hq_bench_api")
-    p.add_argument("--server", choices=["gunicorn", "daphne"], default="gunicorn",
-                   help="gunicorn: hq.serve, as make run starts it; daphne: the old one")
+    p.add_argument("--server", choices=["hq.serve", "asgi", "daphne"], default="hq.serve",
+                   help="hq.serve: as make run starts it; asgi: gunicorn + uvicorn for HTTP "
+                        "too (the server before); daphne: the one before that")
     p.add_argument("--clients", type=int, action="append",
                    help="concurrent keep-alive clients (repeatable; default 16 and 64)")
     p.add_argument("--seconds", type=int, default=10, help="per endpoint and client count")
@@ -263,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tok = token(args.database_url)
     rows: list[Row] = []
     with process_set() as procs:
-        port = start_server(procs, args.server, args.database_url)
+        port, _ws_port = start_server(procs, args.server, args.database_url)
         pgid = procs.procs[-1].pid  # the server leads its own process group
         base = f"http://127.0.0.1:{port}"
         warm_up(base, tok)
@@ -283,11 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.failed == 0 for r in rows) else 1
 
 
-def start_server(procs: ProcessSet, kind: str, db_url: str) -> int:
+def start_server(procs: ProcessSet, kind: str, db_url: str) -> tuple[int, int]:
+    """Starts the server; (its HTTP port, its websocket port)."""
     port = free_port()
-    proc = procs.spawn(f"web-{kind}", server_argv(kind, port), env=env_for(db_url), cwd=ROOT)
+    ws_port = free_port() if kind == "hq.serve" else port
+    proc = procs.spawn(f"web-{kind}", server_argv(kind, port, ws_port), env=env_for(db_url),
+                       cwd=ROOT)
     wait_for_port("127.0.0.1", port, 60, proc)
-    return port
+    wait_for_port("127.0.0.1", ws_port, 60, proc)
+    return port, ws_port
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ the load average around the run. What it does not run: capture and ingest of rea
 (``bench/live.py`` measures event → client with one client and the whole pipeline).
 
     REDIS_URL=redis://127.0.0.1:6379/9 .venv/bin/python bench/ws_load.py \
-        [--clients 1000] [--seconds 20] [--filters 4] [--server gunicorn] \
+        [--clients 1000] [--seconds 20] [--filters 4] [--server hq.serve] \
         [--database-url postgres://postgres@127.0.0.1:5432/hq_bench_ws]
 """
 
@@ -170,7 +170,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url",
                    default="postgres://postgres@127.0.0.1:5432/hq_bench_api")
-    p.add_argument("--server", choices=["gunicorn", "daphne"], default="gunicorn")
+    p.add_argument("--server", choices=["hq.serve", "asgi", "daphne"], default="hq.serve")
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=20.0, help="of publishing")
     p.add_argument("--interval-ms", type=int, default=500, help="HQ_LIVE_INTERVAL_MS")
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     django.setup()
     tok = token(args.database_url)
     with process_set() as procs:
-        port = start_server(procs, args.server, args.database_url)
+        _http_port, port = start_server(procs, args.server, args.database_url)
         pgid = procs.procs[-1].pid
         url = f"ws://127.0.0.1:{port}/ws/live/?token={tok}"
         f = asyncio.run(run(url, args.clients, args.seconds, args.interval_ms / 1000, pgid,

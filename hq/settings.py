@@ -66,6 +66,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "alerts.context_processors.alerts_header",
+                "hq.context_processors.live_url",
             ],
         },
     },
@@ -93,6 +94,10 @@ HQ_DB_POOL_TIMEOUT_S = env_int("HQ_DB_POOL_TIMEOUT_S", 10)
 HQ_WEB_DB_CONNECTIONS = env_int("HQ_WEB_DB_CONNECTIONS", 16)
 HQ_WEB_THREADS = env_int("HQ_WEB_THREADS", HQ_DB_POOL_MAX)
 HQ_DB_RETRY_AFTER_S = env_int("HQ_DB_RETRY_AFTER_S", 5)
+# Where pages open the live websocket (static/js/live.js): "" the page's own origin;
+# ":8001" the page's host on that port (python -m hq.serve sets it to its HQ_WS port);
+# "/ws/live/" behind a proxy that routes it; or a full ws:// or wss:// URL.
+HQ_LIVE_URL = env_str("HQ_LIVE_URL", "")
 # Per-token rate limit of the REST API (hq/throttles.py): HQ_API_RATE requests per
 # HQ_API_RATE_WINDOW_S seconds per token (or signed-in user); 0 = no limit.
 HQ_API_RATE = env_int("HQ_API_RATE", 6000)
@@ -170,6 +175,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["hq.permissions.ViewerReadOperatorWrite"],
     "DEFAULT_RENDERER_CLASSES": ["hq.renderers.FastJSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "hq.negotiation.PlainJSONFirst",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["hq.throttles.TokenRateThrottle"],
     "EXCEPTION_HANDLER": "hq.errors.exception_handler",

@@ -4,8 +4,9 @@ per client.
 
 The first tests drive a :class:`~monitoring.fanout.Hub` in this process (its delivery needs
 no Redis). The others run the real stack: a private ``redis-server`` that the test starts,
-stops and starts again (the shared Redis is never stopped), ``python -m hq.serve`` with two
-workers on it, the real publisher thread of this process, and many websocket clients.
+stops and starts again (the shared Redis is never stopped), ``python -m hq.serve ws`` (the
+websocket server of ``make run``) with two workers on it, the real publisher thread of this
+process, and many websocket clients.
 No wall-clock asserts: only counts, and generous deadlines for what must happen.
 """
 
@@ -220,9 +221,10 @@ def web(redis_server: PrivateRedis, tmp_path: Path, transactional_db: None,
     env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_server.url,
            "PYTHONPATH": str(ROOT), "HQ_SECRET_KEY": "test-only-secret-key-for-hq-serve-0123456789",
            "HQ_WEB_WORKERS": str(WORKERS), "HQ_DB_POOL_MAX": "2", "HQ_DB_POOL_MIN": "1",
-           "HQ_WEB_DB_CONNECTIONS": str(WORKERS * 2), "HQ_LOG_LEVEL": "WARNING"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hq.serve", "--bind",
+           "HQ_WS_WORKERS": str(WORKERS), "HQ_WS_DB_POOL_MAX": "2",
+           "HQ_WEB_DB_CONNECTIONS": str(WORKERS * 4), "HQ_LOG_LEVEL": "WARNING"}
+    with log.open("wb") as out:  # gunicorn's master leads, its children are the workers
+        proc = subprocess.Popen([sys.executable, "-m", "hq.serve", "ws", "--ws-bind",
                                  f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -1,11 +1,13 @@
-"""The production web server (``python -m hq.serve``: gunicorn + uvicorn workers) under 64
-concurrent keep-alive API clients, against the real Postgres and Redis: every request
-answered, the web tier's Postgres connections never past its budget (workers × pool), a
-connection left for the others (the taps, Celery) all along, and the live websocket served
-by the same workers. No wall-clock asserts: only counts."""
+"""The production web server (``python -m hq.serve``: granian WSGI workers for HTTP, gunicorn
++ uvicorn for the live websocket on a port of its own) under 64 concurrent keep-alive API
+clients, against the real Postgres and Redis: every request answered, the web tier's
+Postgres connections never past its budget (workers × pool), a connection left for the
+others (the taps, Celery) all along, and the live websocket served beside it, found by the
+pages through ``HQ_LIVE_URL``. No wall-clock asserts: only counts."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -32,6 +34,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS, POOL = 2, 3
+WS_WORKERS, WS_POOL = 1, 2
+BUDGET = WORKERS * POOL + WS_WORKERS * WS_POOL
 CLIENTS, REQUESTS_EACH = 64, 8
 APP_NAME = "gearman-hq-web"
 
@@ -59,6 +63,7 @@ def web_connections() -> int:
 @dataclass
 class Web:
     port: int
+    ws_port: int
     token: str
     log: Path
     proc: subprocess.Popen[bytes] = field(repr=False)
@@ -88,21 +93,25 @@ def web(vera: object, tmp_path: Path) -> Iterator[Web]:
             updated_at="2026-01-01T00:00:00Z", submitted_at="2026-01-01T00:00:00Z")
         for i in range(200))
     token = issue_token(vera)  # type: ignore[arg-type]
-    port, log = free_port(), tmp_path / "hq-serve.log"
+    port, ws_port, log = free_port(), free_port(), tmp_path / "hq-serve.log"
     env = {**os.environ, "DATABASE_URL": _db_url(), "PYTHONPATH": str(ROOT),
            "HQ_SECRET_KEY": "test-only-secret-key-for-hq-serve-0123456789",
            "HQ_WEB_WORKERS": str(WORKERS), "HQ_DB_POOL_MAX": str(POOL), "HQ_DB_POOL_MIN": "1",
-           "HQ_WEB_DB_CONNECTIONS": str(WORKERS * POOL),
-           "HQ_LOG_LEVEL": "WARNING"}
+           "HQ_WS_WORKERS": str(WS_WORKERS), "HQ_WS_DB_POOL_MAX": str(WS_POOL),
+           "HQ_WEB_DB_CONNECTIONS": str(BUDGET), "HQ_LOG_LEVEL": "WARNING"}
+    env.pop("HQ_LIVE_URL", None)
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hq.serve", "--bind",
-                                 f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                 f"127.0.0.1:{port}", "--ws-bind", f"127.0.0.1:{ws_port}"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         _wait_for_port(port, proc, log)
-        yield Web(port, token, log, proc)
+        _wait_for_port(ws_port, proc, log)
+        yield Web(port, ws_port, token, log, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # gone already: a test stopped it
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
@@ -170,20 +179,43 @@ def test_64_concurrent_clients_all_answered_within_the_connection_budget(web: We
     assert failures == [], f"{len(failures)} failed, e.g. {failures[:5]}\n" \
                            f"{web.log.read_text()[-2000:]}"
     assert len(answered) == CLIENTS * REQUESTS_EACH
-    assert 0 < peak[0] <= WORKERS * POOL
-    assert 0 < web_connections() <= WORKERS * POOL  # the pools keep theirs, no more
+    assert 0 < peak[0] <= BUDGET
+    assert 0 < web_connections() <= BUDGET  # the pools keep theirs, no more
     assert others_wrote == [True]
     assert Server.objects.filter(name="written-under-load").exists()
 
 
-def test_the_same_workers_serve_the_live_websocket(web: Web) -> None:
+def test_the_live_websocket_is_served_beside_it_and_pages_find_it(web: Web) -> None:
     from websockets.sync.client import connect
 
-    with connect(f"ws://127.0.0.1:{web.port}/ws/live/?token={web.token}",
+    with connect(f"ws://127.0.0.1:{web.ws_port}/ws/live/?token={web.token}",
                  open_timeout=30) as ws:
         ws.send(json.dumps({"subscribe": {"function": "fn_*"}}))
         assert json.loads(ws.recv(timeout=30)) == {"type": "subscribed", "function": "fn_*",
                                                    "handle": None}
+    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=60)
+    conn.request("GET", "/login/")
+    r = conn.getresponse()
+    page = r.read().decode()
+    assert r.status == 200
+    # static/js/live.js opens the page's host on the websocket port; CSP lets it
+    assert f'<meta name="hq-live-url" content=":{web.ws_port}">' in page
+    csp = r.getheader("Content-Security-Policy") or ""
+    assert f"connect-src 'self' ws://127.0.0.1:{web.ws_port} wss://127.0.0.1:{web.ws_port};" \
+        in csp
+
+
+def test_the_servers_stop_together(web: Web) -> None:
+    """One service for make run, systemd and Docker: when one server dies the other is
+    stopped and hq.serve exits non-zero, so the supervisor restarts the whole."""
+    children = subprocess.run(["pgrep", "-P", str(web.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert len(children) == 2
+    os.kill(int(children[0]), signal.SIGKILL)
+    assert web.proc.wait(60) != 0
+    for port in (web.port, web.ws_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_the_server_refuses_to_start_past_the_web_tiers_budget() -> None:
@@ -191,6 +223,9 @@ def test_the_server_refuses_to_start_past_the_web_tiers_budget() -> None:
     problem = budget_problem(3, 8, 16)
     assert problem is not None and "HQ_WEB_DB_CONNECTIONS=16" in problem
     assert budget_problem(0, 8, 16) is not None
+    assert budget_problem(2, 6, 16, ws_workers=2, ws_pool_max=2) is None
+    problem = budget_problem(2, 6, 16, ws_workers=3, ws_pool_max=2)
+    assert problem is not None and "HQ_WS_DB_POOL_MAX=2" in problem
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HQ_SECRET_KEY": "x" * 40,
            "HQ_WEB_WORKERS": "4", "HQ_DB_POOL_MAX": "8", "HQ_WEB_DB_CONNECTIONS": "16"}
     run = subprocess.run([sys.executable, "-m", "hq.serve", "--bind", "127.0.0.1:9"],
@@ -207,3 +242,27 @@ def test_an_over_long_request_line_gets_an_answer(web: Web, length: int) -> None
                   b"Host: 127.0.0.1\r\nAuthorization: Bearer " + web.token.encode() + b"\r\n\r\n")
         head = s.recv(64)
     assert head.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 414 ", b"HTTP/1.1 431 ")), head
+
+
+def test_forwarded_headers_are_believed_only_from_a_trusted_proxy() -> None:
+    from hq.wsgi import ForwardedFrom, trusted_proxies
+
+    seen: list[tuple[str, str]] = []
+
+    def app(environ: dict[str, str], start_response: object) -> list[bytes]:
+        seen.append((environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]))
+        return []
+
+    def call(trusted: str, peer: str, chain: str, proto: str = "https") -> tuple[str, str]:
+        ForwardedFrom(app, trusted_proxies(trusted))(
+            {"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": chain,
+             "HTTP_X_FORWARDED_PROTO": proto, "wsgi.url_scheme": "http"}, None)
+        return seen.pop()
+
+    assert call("127.0.0.1", "127.0.0.1", "203.0.113.9") == ("203.0.113.9", "https")
+    # a script claiming an address itself, not through the proxy: ignored
+    assert call("127.0.0.1", "198.51.100.7", "203.0.113.9") == ("198.51.100.7", "http")
+    # a client's own X-Forwarded-For before the proxy's hop: the proxy's view wins
+    assert call("127.0.0.1,10.0.0.2", "127.0.0.1", "1.2.3.4, 203.0.113.9, 10.0.0.2") == \
+        ("203.0.113.9", "https")
+    assert call("*", "10.9.9.9", "203.0.113.9", "gopher") == ("203.0.113.9", "http")

@@ -86,9 +86,21 @@
     regions().forEach(function (el) { if (wants(el, msg)) refresh(el); });
   }
 
+  // <meta name="hq-live-url">: "" this origin; ":8001" this host on that port (python -m
+  // hq.serve serves websockets on their own port); "/path"; or a full ws(s):// URL
+  function liveUrl() {
+    var meta = document.querySelector('meta[name="hq-live-url"]');
+    var set = meta ? meta.getAttribute("content") || "" : "";
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    if (/^wss?:\/\//.test(set)) return set;
+    if (/^:\d+$/.test(set)) return scheme + location.hostname.replace(/^([^\[].*:.*)$/, "[$1]") + set + "/ws/live/";
+    if (set.charAt(0) === "/") return scheme + location.host + set;
+    return scheme + location.host + "/ws/live/";
+  }
+
   function connect() {
     retryTimer = null;
-    var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/live/";
+    var url = liveUrl();
     try {
       socket = new WebSocket(url);
     } catch (e) {
