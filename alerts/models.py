@@ -121,22 +121,16 @@ class Transition:
     resolved: bool = False
 
 
-class RuleState(models.Model):
-    """Evaluation state of one rule for one queue (server + function)."""
+class StateMachine:
+    """ok → pending → firing → ok for one rule and one queue: :class:`RuleState` (the
+    row) and ``alerts.rule_states.TickState`` (what an evaluation tick steps, without a
+    model per state) share it. Needs ``state``, ``since``, ``value``, ``evaluated_at``."""
 
     OK, PENDING, FIRING = "ok", "pending", "firing"
-
-    rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="states")
-    server = models.ForeignKey(Server, null=True, on_delete=models.CASCADE)
-    function = models.CharField(max_length=255)
-    state = models.CharField(max_length=8, default=OK)
-    since = models.DateTimeField()
-    value = models.FloatField(null=True)
-    evaluated_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["rule", "server", "function"],
-                                               name="rulestate_key")]
+    state: str
+    since: datetime
+    value: float | None
+    evaluated_at: datetime
 
     def step(self, rule: Rule, value: float | None, now: datetime) -> Transition:
         """Advance the state machine with this tick's value (None: no data → ok side)."""
@@ -160,6 +154,22 @@ class RuleState(models.Model):
 
     def _move(self, state: str, now: datetime) -> None:
         self.state, self.since = state, now
+
+
+class RuleState(StateMachine, models.Model):
+    """Evaluation state of one rule for one queue (server + function)."""
+
+    rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="states")
+    server = models.ForeignKey(Server, null=True, on_delete=models.CASCADE)
+    function = models.CharField(max_length=255)
+    state = models.CharField(max_length=8, default=StateMachine.OK)
+    since = models.DateTimeField()
+    value = models.FloatField(null=True)
+    evaluated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["rule", "server", "function"],
+                                               name="rulestate_key")]
 
 
 class Alert(models.Model):

@@ -1,7 +1,7 @@
 """Where a rule fires: evaluation of every enabled rule against the monitoring metrics.
 
 One tick (:func:`evaluate`) reads every metric once (``alerts.metric_values.alert_metrics``),
-steps each (rule, queue) state machine (``RuleState.step``), opens or resolves alerts, and
+steps each (rule, queue) state machine (``StateMachine.step``), opens or resolves alerts, and
 writes one outbox row per channel for each change (``alerts/delivery.py`` sends them).
 """
 
@@ -27,6 +27,7 @@ from monitoring.services import refresh_rollups
 
 from . import metric_values, rule_states
 from .models import Alert, Channel, Metric, Notification, Rule, RuleState
+from .rule_states import TickState
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -57,13 +58,13 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
     metric_values.add_time_to_complete(values, complete, now)  # read from jobs: only if asked
     states = rule_states.load([r.id for r in rules])
     matcher = QueueMatcher(values)
-    by_rule: dict[int, dict[tuple[int | None, str], RuleState]] = {}
+    by_rule: dict[int, dict[tuple[int | None, str], TickState]] = {}
     for (rid, sid, function), rule_state in states.items():
         by_rule.setdefault(rid, {})[(sid, function)] = rule_state
     result = TickResult(rules=len(rules))
-    new_states: list[RuleState] = []
-    dirty: list[RuleState] = []
-    fired: list[tuple[Rule, RuleState, float]] = []
+    new_states: list[TickState] = []
+    dirty: list[TickState] = []
+    fired: list[tuple[Rule, TickState, float]] = []
     with transaction.atomic():
         for rule in rules:
             key = metric_values.metric_key(rule.metric, rule.window_seconds)
@@ -73,7 +74,7 @@ def evaluate(now: datetime | None = None, *, refresh: bool = True) -> TickResult
                 seen.add((sid, function))
                 state = states.get((rule.id, sid, function))
                 if state is None:
-                    state = rule_states.make(None, rule.id, sid, function, RuleState.OK, now)
+                    state = TickState(None, rule.id, sid, function, RuleState.OK, now)
                     new_states.append(state)
                 if _apply(rule, state, metrics.get(key), now, result, fired):
                     dirty.append(state)
@@ -110,8 +111,8 @@ def _close_disabled(now: datetime) -> None:
     RuleState.objects.filter(rule__enabled=False).delete()
 
 
-def _apply(rule: Rule, state: RuleState, value: float | None, now: datetime,
-           result: TickResult, fired: list[tuple[Rule, RuleState, float]]) -> bool:
+def _apply(rule: Rule, state: TickState, value: float | None, now: datetime,
+           result: TickResult, fired: list[tuple[Rule, TickState, float]]) -> bool:
     """Step one state machine; True when its state changed (it must be saved). Alerts
     that fire are collected in ``fired`` and written together by :func:`_fire_all`."""
     before = (state.state, state.since)
@@ -131,7 +132,7 @@ SNAPSHOT_QUEUES = 25
 SNAPSHOT_WORKERS = 100
 
 
-def _snapshots(fired: list[tuple[Rule, RuleState, float]]) -> list[dict[str, Any]]:
+def _snapshots(fired: list[tuple[Rule, TickState, float]]) -> list[dict[str, Any]]:
     """What the queues and workers looked like when each alert fired (JSON-safe): its
     own queue plus the ``SNAPSHOT_QUEUES`` deepest others, and the first workers. The
     last hour's figures are read once per server for just the queues kept (the deepest
@@ -203,7 +204,7 @@ class QueueMatcher:
         return [name for name in self._names if probe.matches(name)]
 
 
-def _fire_all(fired: list[tuple[Rule, RuleState, float]], now: datetime,
+def _fire_all(fired: list[tuple[Rule, TickState, float]], now: datetime,
               result: TickResult) -> None:
     """Open the alerts of this tick in one INSERT, their notifications in another."""
     if not fired:
@@ -229,7 +230,7 @@ def _fire_all(fired: list[tuple[Rule, RuleState, float]], now: datetime,
         log.warning("alert fired: %s on %s = %g", alert.rule.name, alert.function, alert.value)
 
 
-def _resolve(rule: Rule, state: RuleState, now: datetime) -> Alert | None:
+def _resolve(rule: Rule, state: TickState, now: datetime) -> Alert | None:
     alert = (Alert.objects.filter(rule=rule, server=state.server_id,
                                   function=state.function, state=Alert.FIRING)
              .order_by("-started_at").first())

@@ -19,9 +19,9 @@ def test_insert_update_load_round_trip():
     rule = Rule.objects.create(name="deep", metric="queue_depth", function="*",
                                operator=">", threshold=10)
     now = timezone.now()
-    new = [rule_states.make(None, rule.id, server.id, f"fn{i}", RuleState.OK, now)
+    new = [rule_states.TickState(None, rule.id, server.id, f"fn{i}", RuleState.OK, now)
            for i in range(3)]
-    new.append(rule_states.make(None, rule.id, None, "*", RuleState.OK, now))
+    new.append(rule_states.TickState(None, rule.id, None, "*", RuleState.OK, now))
     for state, value in zip(new, [None, 3, 2.5, None], strict=True):
         state.value, state.evaluated_at = value, now
     rule_states.insert(new)
