@@ -103,8 +103,6 @@ def serve_http(bind: str, workers: int) -> None:
     Granian(
         "hq.wsgi:application", address=host, port=port, interface=Interfaces.WSGI,
         workers=workers, blocking_threads=threads,
-        # requests past the threads wait in granian (Rust), not in Python
-        backpressure=threads,
         http=HTTPModes.http1, websockets=False, backlog=2048,
         http1_settings=HTTP1Settings(keep_alive=True, header_read_timeout=30_000),
         log_level=env_str("HQ_LOG_LEVEL", "INFO").lower(),  # type: ignore[arg-type]

@@ -256,7 +256,7 @@ def test_forwarded_headers_are_believed_only_from_a_trusted_proxy() -> None:
     def call(trusted: str, peer: str, chain: str, proto: str = "https") -> tuple[str, str]:
         ForwardedFrom(app, trusted_proxies(trusted))(
             {"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": chain,
-             "HTTP_X_FORWARDED_PROTO": proto, "wsgi.url_scheme": "http"}, None)
+             "HTTP_X_FORWARDED_PROTO": proto, "wsgi.url_scheme": "http"}, lambda *a: None)
         return seen.pop()
 
     assert call("127.0.0.1", "127.0.0.1", "203.0.113.9") == ("203.0.113.9", "https")
