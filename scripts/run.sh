@@ -5,6 +5,7 @@
 #
 # Env (all optional):
 #   HQ_HTTP=127.0.0.1:8000        web server address
+#   HQ_WS=<HQ_HTTP host>:8001     the live websocket server's address (pages find it)
 #   HQ_WEB_WORKERS=2              web server processes (HQ_DB_POOL_MAX Postgres connections each)
 #   HQ_GEARMAN=127.0.0.1:4730     where Gearman clients (and HQ) connect
 #   HQ_TAP_MODE=capture|proxy     default: capture when we may (root / CAP_NET_RAW), else proxy
@@ -30,6 +31,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 cd "$HQ_ROOT"
 
 HQ_HTTP="${HQ_HTTP:-127.0.0.1:8000}"
+HQ_WS="${HQ_WS:-${HQ_HTTP%:*}:8001}"
 HQ_GEARMAN="${HQ_GEARMAN:-127.0.0.1:4730}"
 HQ_SERVER_NAME="${HQ_SERVER_NAME:-local}"
 HQ_DEMO="${HQ_DEMO:-1}"
@@ -216,6 +218,9 @@ GD_PORT="$HP_PORT"
 split_hostport "$HQ_HTTP" 8000
 WEB_HOST="$HP_HOST"
 WEB_PORT="$HP_PORT"
+split_hostport "$HQ_WS" 8001
+WS_HOST="$HP_HOST"
+WS_PORT="$HP_PORT"
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-hq.settings}"
 export PYTHONPATH="$HQ_ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -223,7 +228,10 @@ export HQ_SECRET_KEY HQ_HTTP HQ_GEARMAN HQ_GEARMAND HQ_TAP_MODE HQ_SERVER_NAME
 if [ "$HQ_TAP_MODE" = proxy ]; then export HQ_PROXY_LISTEN; fi
 
 if tcp_open "$WEB_HOST" "$WEB_PORT"; then
-    die "$HQ_HTTP is already in use (another make run?); choose another with HQ_HTTP=127.0.0.1:8001"
+    die "$HQ_HTTP is already in use (another make run?); choose another with HQ_HTTP=127.0.0.1:8010"
+fi
+if tcp_open "$WS_HOST" "$WS_PORT"; then
+    die "$HQ_WS is already in use (another make run?); choose another with HQ_WS=127.0.0.1:8011"
 fi
 
 # ---------------------------------------------------------------- gearmand
@@ -321,10 +329,11 @@ else
     await tap 20 "$PROBE_HOST" "$HP_PORT" || FAILED+=(tap)
 fi
 
-# gunicorn + uvicorn workers (hq/serve.py): HTTP and /ws/live/ on HQ_WEB_WORKERS processes,
-# each with a bounded Postgres pool (README "Serving many clients")
-start_bg web "$HQ_PY" -m hq.serve --bind "$WEB_HOST:$WEB_PORT"
-if ! await web 30 "$WEB_HOST" "$WEB_PORT"; then
+# hq/serve.py: HTTP on granian's WSGI workers (HQ_WEB_WORKERS), the live websocket on
+# gunicorn + uvicorn beside it (HQ_WS), each with a bounded Postgres pool (README "Serving
+# many clients")
+start_bg web "$HQ_PY" -m hq.serve --bind "$WEB_HOST:$WEB_PORT" --ws-bind "$WS_HOST:$WS_PORT"
+if ! await web 30 "$WEB_HOST" "$WEB_PORT" || ! await web 30 "$WS_HOST" "$WS_PORT"; then
     die "the web server did not start"
 fi
 
@@ -347,7 +356,7 @@ cat <<EOF
 
 =====================================================================
  Gearman HQ is running
-   web UI     http://$HQ_HTTP/
+   web UI     http://$HQ_HTTP/   (live updates: ws://$HQ_WS/ws/live/)
    login      ${ADMIN_USER:-?} / ${ADMIN_PASSWORD:-?}
    API token  ${API_TOKEN:-?}
               curl -H "Authorization: Bearer ${API_TOKEN:-TOKEN}" http://$HQ_HTTP/api/v1/jobs/
