@@ -37,8 +37,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 
-# Dependencies first, for the layer cache. [tool.setuptools] packages = [] so this installs
-# only the dependencies; the code runs from /app (PYTHONPATH).
+# Dependencies first, for the layer cache. With pyproject.toml alone the package search
+# finds no app package, so this installs only the dependencies (and the hq-tap script);
+# the code runs from /app (PYTHONPATH).
 COPY pyproject.toml ./
 RUN pip install .
 
