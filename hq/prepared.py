@@ -15,7 +15,7 @@ must give the same SQL. A shape whose SQL depends on the values, or whose parame
 not the values as given (a value the ORM transforms, e.g. into a LIKE pattern), cannot be
 replayed and is remembered as such; it, and every search the caller does not prepare,
 runs through the ORM as before. Rows come out as ``.values()`` gives them: the same
-names, the same converters.
+names, the same converters (times are parsed by psycopg's own loader, see ``_TIMESTAMPTZ``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,21 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
+import psycopg
 from django.db import connections
 from django.db.models import Model, QuerySet
+from psycopg import pq
 
 #: how many shapes are remembered (a client choosing odd page sizes only evicts old ones)
 SHAPES_MAX = 512
 
 Builder = Callable[[Mapping[str, Any]], QuerySet[Any, dict[str, Any]]]
 _sentinel_numbers = count(1)
+#: psycopg's own timestamptz loader (C, with psycopg[binary]): Django's subclass of the
+#: Python one only re-attaches the connection's zone (UTC here), at 3.6 µs a value against
+#: 0.2 µs; a 50-job page has 200 of them. Times come out aware either way.
+_TIMESTAMPTZ = psycopg.adapters.get_loader(psycopg.adapters.types["timestamptz"].oid,
+                                           pq.Format.TEXT)
 
 
 def _text_sentinel(name: str) -> str:
@@ -195,6 +202,8 @@ def _run(compiled: Compiled, values: Mapping[str, Any],
               for kind, v in compiled.params]
     connection = connections[compiled.db]
     with connection.cursor() as cursor:
+        if _TIMESTAMPTZ is not None:  # on this cursor only
+            cursor.cursor.adapters.register_loader("timestamptz", _TIMESTAMPTZ)
         cursor.execute(compiled.sql, params)
         rows = cursor.fetchall()
     names = compiled.names
