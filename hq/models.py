@@ -70,6 +70,7 @@ class Via(models.TextChoices):
     API = "api"
     CLI = "cli"
     SYSTEM = "system"  # HQ itself: the scheduler submitting a job whose time came
+    POLICY = "policy"  # HQ's automatic recovery: a retry policy, a dead letter (jobs/recovery)
 
 
 class AuditEntry(models.Model):

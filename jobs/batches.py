@@ -39,6 +39,7 @@ from broker.tracker import Event
 from . import store
 from .fold import EventRow, fold, split_bytes
 from .quarantine import Quarantine
+from .restored import Linker
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class BatchStore:
         self.conninfo = conninfo
         self.quarantine = quarantine
         self.on_commit = on_commit
+        self.restored = Linker(store.STAGE)  # jobs gearmand restored after a restart
         self.conn: psycopg.Connection[Any] | None = None
         self._server_id: int | None = None
         self._boots: dict[str, int] = {}
@@ -189,6 +191,7 @@ class BatchStore:
             self._ensure_partitions(conn, rows)
             store.copy_events(conn, server_id, boots, rows)
             changed = store.upsert_jobs(conn, server_id, boots, fold(rows))
+            self.restored.link(conn, server_id, rows)
         done.events += len(rows)
         done.batches += 1
         log.debug("batch of %d events in %.1f ms", len(rows),

@@ -51,9 +51,12 @@ class State(models.TextChoices):
     FAILED = "failed"
     LOST = "lost"
     CANCELLED = "cancelled"
+    #: gearmand restarted and restored the job from its queue under a new handle: this
+    #: record ended, the job goes on as the one whose ``restored_from`` names it
+    RESTORED = "restored"
 
 
-FINISHED_STATES = (State.COMPLETED, State.FAILED, State.LOST, State.CANCELLED)
+FINISHED_STATES = (State.COMPLETED, State.FAILED, State.LOST, State.CANCELLED, State.RESTORED)
 
 
 class Job(models.Model):
@@ -100,6 +103,10 @@ class Job(models.Model):
     #: an idempotency key: the action (API ``Idempotency-Key``, a bulk item) that made this
     #: job, so the same action repeated returns this job instead of submitting another
     action_key = models.CharField(max_length=100, null=True, blank=True)
+    #: the record of this job under an earlier gearmand boot, when gearmand restored it from
+    #: its persistent queue after a restart (jobs/restored.py); the reverse is restored_as
+    restored_from = models.ForeignKey("self", null=True, on_delete=models.SET_NULL,
+                                      related_name="restored_as", db_index=False)
     updated_at = models.DateTimeField()
     # -- HQ-owned columns (jobs/recovery.py): the tap's upsert never names them, so rows it
     # inserts take their database defaults (db_default) and its updates leave them alone
@@ -139,6 +146,9 @@ class Job(models.Model):
             models.UniqueConstraint(fields=["boot", "handle"], name="job_boot_handle"),
             models.UniqueConstraint(fields=["action_key"], name="job_action_key",
                                     condition=models.Q(action_key__isnull=False)),
+            # partial (ingest inserts no entry): one restored job per earlier record
+            models.UniqueConstraint(fields=["restored_from"], name="job_restored_from",
+                                    condition=models.Q(restored_from__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -21,7 +21,7 @@ from hq.models import Role
 from hq.roles import has_role
 from hq.web import HtmxHttpRequest, is_fragment, render_page, role_required, viewer_required
 
-from . import bulk, services
+from . import bulk, restored, services
 from .forms import SubmitJobForm
 from .models import Job, State
 from .recovery.engine import chain_view, is_policy_retry
@@ -89,7 +89,8 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
                else "it is already cancelled",
                "action_key": uuid.uuid4().hex, "now": timezone.now(),
                "chain": chain_view(job) if _in_a_chain(job) else None,
-               "earlier_runs": earlier_runs(job)}
+               "earlier_runs": earlier_runs(job),
+               "restored_history": restored.history(job)}
     return render(request, "jobs/detail.html", context)
 
 

@@ -15,10 +15,10 @@
 #   HQ_CAPTURE_INTERFACE          capture mode: default lo for a loopback gearmand, else any
 #   HQ_SERVER_NAME=local          the name HQ gives this gearmand
 #   HQ_GEARMAND_ARGS              extra gearmand flags (e.g. "--job-retries 3")
-#   HQ_GEARMAND_QUEUE=none        postgres: the private gearmand keeps its queue in HQ's
-#                                 Postgres (table gearmand_queue), so background jobs
-#                                 survive its restart (HQ does not yet link a restored job
-#                                 to its earlier record: that one shows lost); none: memory
+#   HQ_GEARMAND_QUEUE=postgres    the private gearmand keeps its queue in HQ's Postgres
+#                                 (its own table gearmand_queue), so background jobs
+#                                 survive its restart; HQ links each restored job to its
+#                                 earlier record (jobs/restored.py); none: memory only
 #   HQ_DEMO=0                     do not start the demo workload
 #   HQ_SECRET_KEY                 default: generated once into var/secret_key
 #   DATABASE_URL, REDIS_URL       see scripts/services.sh
@@ -244,12 +244,26 @@ else
         die "gearmand not installed (make deps as root, or: sudo apt-get install gearman-job-server)"
     tcp_open "$GD_HOST" "$GD_PORT" && die "$GD_HOST:$GD_PORT is in use by something that is not gearmand"
     QUEUE_ARGS=()
-    case "${HQ_GEARMAND_QUEUE:-none}" in
+    case "${HQ_GEARMAND_QUEUE:-postgres}" in
         postgres)
-            # gearmand's libpq queue wants a key=value conninfo, not a URL
-            CONNINFO="$("$HQ_PY" -c 'import sys; from psycopg.conninfo import conninfo_to_dict as d
-print(" ".join(f"{k}={v}" for k, v in d(sys.argv[1]).items()))' "$DATABASE_URL")" ||
-                die "cannot read DATABASE_URL for gearmand's queue"
+            # gearmand's libpq queue wants a key=value conninfo, not a URL; a password goes
+            # to a 0600 passfile, never onto gearmand's command line (ps, its log)
+            CONNINFO="$("$HQ_PY" - "$DATABASE_URL" "$HQ_RUN/gearmand.pgpass" <<'PY'
+import sys
+from psycopg.conninfo import conninfo_to_dict
+info = {k: str(v) for k, v in conninfo_to_dict(sys.argv[1]).items()}
+password = info.pop("password", "")
+if password:
+    def esc(v): return v.replace("\\", "\\\\").replace(":", "\\:")
+    fields = [info.get("host", "*"), info.get("port", "*"), info.get("dbname", "*"),
+              info.get("user", "*"), password]
+    with open(sys.argv[2], "w") as f:
+        f.write(":".join(esc(v) for v in fields) + "\n")
+    info["passfile"] = sys.argv[2]
+def quote(v): return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+print(" ".join(f"{k}={quote(v)}" for k, v in info.items()))
+PY
+)" || die "cannot read DATABASE_URL for gearmand's queue"
             QUEUE_ARGS=(-q Postgres --libpq-conninfo "$CONNINFO" --libpq-table gearmand_queue)
             say "gearmand keeps its queue in Postgres (table gearmand_queue)" ;;
         none) ;;

@@ -93,6 +93,7 @@ def test_a_payload_that_kills_three_workers_is_a_job_of_death(
     assert engine.sweep(now=now + timedelta(hours=1)).retried == 0
     entry = AuditEntry.objects.get(action="dead_letter")
     assert entry.detail["reason"] == "job of death" and entry.detail["deaths"] == 3
+    assert entry.via == "policy"
     body = api_viewer.get(f"/api/v1/jobs/{job.pk}/").json()
     assert (body["dead"], body["death_count"]) == (True, 3)
     assert engine.jobs_of_death_by_function() == {(job.server_id, "slow"): 1}

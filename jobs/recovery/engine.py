@@ -9,8 +9,10 @@ decides, once, for each job that ended ``failed`` or ``lost``:
   it is in ``job_recovery_due`` (``state IN (failed, lost) AND recovery = ''``) until the
   transaction that decides on it sets ``recovery`` — nothing is missed after a restart (the
   index is the to-do list, whatever was down), and nothing is decided twice: a job is
-  claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` and leaves the index in the transaction
-  that schedules its retry, whose idempotency key ``policy:<job>:<run>`` is unique as well.
+  claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` (:data:`CLAIM_BATCH` at a time, each
+  decided in a savepoint of the claiming transaction) and leaves the index in the
+  transaction that schedules its retry, whose idempotency key ``policy:<job>:<run>`` is
+  unique as well.
   Only HQ-owned columns (``dead``, ``death_count``, ``recovery``) of the tap's row are
   updated, never its key (``jobs/services.py``).
 * A job younger than :data:`GRACE` (by the tap's ``updated_at``, the database clock) waits
@@ -27,8 +29,8 @@ decides, once, for each job that ended ``failed`` or ``lost``:
 * **No retry storm**: a retry is held for the first second from its due time that has
   fewer than ``HQ_RETRY_MAX_PER_S`` (default 100) policy retries held for it; the excess is
   delayed, never dropped, and the added delay is in the audit row (``held_by_cap_s``).
-* Every automatic action is audited with ``via: system`` and ``detail.by = "policy"``
-  (``hq.models.Via`` has no ``policy`` value yet).
+* Every automatic action is audited with ``via: policy`` (``detail.by = "policy"`` is
+  kept for readers of older rows, which say ``via: system``).
 """
 
 from __future__ import annotations
@@ -50,13 +52,15 @@ from django.utils import timezone
 
 from hq.errors import Conflict, NotFound
 
-from .. import services
+from .. import restored, services
 from ..models import Job, JobEvent, RetryOn, RetryPolicy, State, job_of_death_limit
 
 log = logging.getLogger(__name__)
 
 #: a finished job is decided on once its row is this old (its HQ retry row is linked)
 GRACE = timedelta(seconds=1)
+#: jobs claimed (and decided) per transaction by one sweep
+CLAIM_BATCH = 100
 #: a chain is followed this far back at most
 CHAIN_MAX = 1000
 #: the prefix of the idempotency key of a policy retry (it marks a chain's links)
@@ -67,6 +71,13 @@ SLOT_LOCK = 0x48515254  # "HQRT"
 SLOT_SEARCH_S = 86400
 #: what ``recovery`` says
 RETRY, DEAD, NONE, REQUEUED, DISCARDED = "retry", "dead", "none", "requeued", "discarded"
+#: how the audit log names the door of every automatic recovery action
+VIA = "policy"
+#: a sweep outcome (not stored in ``recovery``): the job was lost by a restart, but the
+#: gearmand running now holds it (restored from its queue): it is not lost, not retried
+RESTORED = "restored"
+#: how long a job lost by a restart waits for its gearmand to answer ``show unique jobs``
+RESTORE_ASK_FOR = timedelta(minutes=5)
 
 
 def death_limit() -> int:
@@ -143,63 +154,105 @@ class Sweep:
     errors: set[int] = field(default_factory=set)  # jobs whose decision failed this sweep
     requeued: int = 0  # dead letters found retried (settle_requeued)
     decisions: list[tuple[int, str]] = field(default_factory=list)
+    restored: int = 0
+    deferred: set[int] = field(default_factory=set)  # lost by a restart, gearmand silent
+    #: per server id, the unique keys its gearmand holds now (None: it did not answer)
+    held: dict[int, set[str] | None] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"retried {self.retried}, dead {self.dead}, left alone {self.left}"
-                + (f", linked {self.linked}" if self.linked else ""))
+                + (f", linked {self.linked}" if self.linked else "")
+                + (f", restored by gearmand {self.restored}" if self.restored else ""))
 
 
-def _unlinked_submit(job: Job) -> int | None:
-    """HQ's own row for the submit this tap row records, when not linked yet."""
-    if job.boot_id is None or not job.handle:
-        return None
-    return (Job.objects.filter(boot__isnull=True, server_id=job.server_id, handle=job.handle)
-            .values_list("id", flat=True).order_by("-id").first())
+def _unlinked_submits(jobs: list[Job]) -> dict[tuple[int, str], int]:
+    """HQ's own rows for the submits these tap rows record, when not linked yet, by
+    (server id, handle): one query for a claimed batch."""
+    handles = {job.handle for job in jobs if job.boot_id is not None and job.handle}
+    if not handles:
+        return {}
+    rows = (Job.objects.filter(boot__isnull=True, handle__in=handles,
+                               server_id__in={job.server_id for job in jobs})
+            .values_list("server_id", "handle", "id").order_by("id"))
+    return {(server, handle): pk for server, handle, pk in rows}  # the newest wins
 
 
-def _claim(skip: set[int]) -> Job | None:
-    return (Job.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("server")
-            .filter(state__in=[State.FAILED, State.LOST], recovery="",
-                    updated_at__lt=Now() - GRACE)
-            .exclude(pk__in=skip)
-            .order_by("id").first())
+def _claim(skip: set[int], size: int) -> list[Job]:
+    """Up to ``size`` undecided failed or lost jobs, oldest first, locked for this
+    transaction; rows another sweep holds are skipped, not waited for."""
+    return list(Job.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("server")
+                .filter(state__in=[State.FAILED, State.LOST], recovery="",
+                        updated_at__lt=Now() - GRACE)
+                .exclude(pk__in=skip)
+                .order_by("id")[:size])
 
 
-def decide_one(*, now: datetime, policies: list[RetryPolicy], out: Sweep) -> bool:
-    """Claim the oldest undecided failed or lost job and decide on it, in one
-    transaction; False when there is none."""
-    own_id: int | None = None
-    claimed: int | None = None
-    try:
-        with transaction.atomic():
-            job = _claim(out.errors)
-            if job is None:
-                return False
-            claimed = job.pk
-            own_id = _unlinked_submit(job)
-            if own_id is None or own_id in out.tried_links:
-                _count(out, job.pk, _decide(job, now=now, policies=policies))
-                return True
-    except DatabaseError:
-        if claimed is None:
-            raise
-        # one job that cannot be decided (its transaction rolled back: it stays undecided
-        # for the next sweep) never holds up the others
-        log.exception("recovery could not decide on job %s", claimed)
-        out.errors.add(claimed)
-        return True
-    # HQ submitted this job (a retry, say): link its row first (outside the claim, in the
-    # order link_submitted locks them), then decide on it at once
-    out.tried_links.add(own_id)
-    if services.link_submitted(job_id=own_id).boot_id is not None:
-        out.linked += 1
-    return True
+def decide_batch(*, now: datetime, policies: list[RetryPolicy], out: Sweep,
+                 size: int = CLAIM_BATCH) -> int:
+    """Claim up to ``size`` of the oldest undecided failed or lost jobs in one transaction
+    and decide on each (a savepoint each); how many were claimed (0: none left)."""
+    to_link: list[int] = []
+    with transaction.atomic():
+        jobs = _claim(out.errors | out.deferred, size)
+        submits = _unlinked_submits(jobs)
+        for job in jobs:
+            own_id = submits.get((job.server_id, job.handle)) if job.boot_id else None
+            try:
+                with transaction.atomic():
+                    _decide_claimed(job, own_id, now=now, policies=policies, out=out,
+                                    to_link=to_link)
+            except DatabaseError:
+                # one job that cannot be decided (its savepoint rolled back: it stays
+                # undecided for the next sweep) never holds up the others
+                log.exception("recovery could not decide on job %s", job.pk)
+                out.errors.add(job.pk)
+    # HQ submitted these jobs (retries, say): link their rows first (outside the claim, in
+    # the order link_submitted locks them); the next batch decides on them
+    for own_id in to_link:
+        out.tried_links.add(own_id)
+        if services.link_submitted(job_id=own_id).boot_id is not None:
+            out.linked += 1
+    return len(jobs)
+
+
+def _decide_claimed(job: Job, own_id: int | None, *, now: datetime,
+                    policies: list[RetryPolicy], out: Sweep, to_link: list[int]) -> None:
+    held = _restored_by_gearmand(job, out, now)
+    if held is None:  # gearmand does not answer yet: ask again next sweep
+        out.deferred.add(job.pk)
+        return
+    if held:
+        restored.mark_waiting(job.pk)
+        _count(out, job.pk, RESTORED)
+        return
+    if own_id is None or own_id in out.tried_links:
+        _count(out, job.pk, _decide(job, now=now, policies=policies))
+    else:
+        to_link.append(own_id)
+
+
+def _restored_by_gearmand(job: Job, out: Sweep, now: datetime) -> bool | None:
+    """Lost by a restart, yet its unique key is held by the gearmand running now: restored
+    from its persistent queue under a new handle (``jobs/restored.py``). None: gearmand
+    does not answer, ask again later (for :data:`RESTORE_ASK_FOR`; a retry now could run
+    the job twice)."""
+    if not job.unique or not restored.lost_by_restart(job) or not job.server.address:
+        return False
+    if job.server_id not in out.held:
+        out.held[job.server_id] = restored.held_uniques(job.server.address)
+    held = out.held[job.server_id]
+    if held is None:
+        ended = job.finished_at or now
+        return None if now - ended < RESTORE_ASK_FOR else False
+    return job.unique in held
 
 
 def _count(out: Sweep, job_id: int, outcome: str) -> None:
     out.decisions.append((job_id, outcome))
-    if outcome == RETRY:
+    if outcome == RESTORED:
+        out.restored += 1
+    elif outcome == RETRY:
         out.retried += 1
     elif outcome == DEAD:
         out.dead += 1
@@ -230,7 +283,7 @@ def _decide(job: Job, *, now: datetime, policies: list[RetryPolicy]) -> str:
         with transaction.atomic():
             services.schedule_retry(
                 job_id=job.pk, run_at=run_at,
-                key=f"{POLICY_KEY}{job.pk}:{runs + 1}", user=None, via="system",
+                key=f"{POLICY_KEY}{job.pk}:{runs + 1}", user=None, via=VIA,
                 detail={**info, "delay_s": round(wait, 3)}, now=now)
     except (Conflict, NotFound) as exc:
         return _die(job, died, {**info, "reason": exc.message})
@@ -274,7 +327,7 @@ def _die(job: Job, died: int, detail: dict[str, Any]) -> str:
     from hq import audit
 
     Job.objects.filter(pk=job.pk).update(recovery=DEAD, dead=True, death_count=died)
-    audit.record(user=None, via="system", action="dead_letter", target=f"job {job.pk}",
+    audit.record(user=None, via=VIA, action="dead_letter", target=f"job {job.pk}",
                  detail={"result": "ok", "function": job.function, **detail})
     return DEAD
 
@@ -297,9 +350,11 @@ def sweep(*, now: datetime | None = None, max_jobs: int = 2000, max_s: float = 5
     stop_at = time.monotonic() + max_s
     done = 0
     while done < max_jobs and time.monotonic() < stop_at:
-        if not decide_one(now=now, policies=policies, out=out):
+        claimed = decide_batch(now=now, policies=policies, out=out,
+                               size=min(CLAIM_BATCH, max_jobs - done))
+        if not claimed:
             break
-        done += 1
+        done += claimed
     return out
 
 
