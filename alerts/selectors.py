@@ -41,6 +41,15 @@ def firing_alerts() -> QuerySet[Alert]:
             .annotate(rank=SEVERITY_RANK).order_by("rank", "-started_at", "-id"))
 
 
+def firing_queues() -> set[tuple[str, str]]:
+    """(server name, function) of the queues an alert fires on now, for the overview's
+    "needs attention" (server "*": a rule over every server; per-server alerts, on
+    function "*", name no queue)."""
+    rows = (Alert.objects.filter(state=Alert.FIRING).exclude(function="*")
+            .values_list("server__name", "function").distinct())
+    return {(server or "*", function) for server, function in rows}
+
+
 def firing_count() -> int:
     return Alert.objects.filter(state=Alert.FIRING).count()
 

@@ -4,7 +4,10 @@
   servers (``monitoring.retire``) are left out, with their queues, unless asked.
 - Queues that need attention come first, most urgent first
   (``presenters.attention_order``): jobs queued and no worker, the oldest queued job
-  older than a minute, or ``presenters.FAILING_RATE`` of the last hour failing.
+  older than a minute, an alert firing on it, or ``presenters.FAILING_RATE`` of the last
+  hour failing. Firing alerts come from the sources registered with
+  :func:`register_attention` (the alerts app registers its own: it sits above
+  monitoring, which cannot import it).
 - Idle queues (nothing queued or running, no job in 24 h: ``selectors.idle_queues``)
   are folded behind their count.
 - A filter (words matched in the function or server name) narrows every list.
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,22 @@ COMPACT_AFTER = 6
 BANNER_NAMES = 8
 STATUS_RANK = {"down": 0, "stale": 1, "waiting": 2, "up": 4}
 FILTER_MAX = 200
+#: each returns the (server name, function) of queues with an alert firing; server "*":
+#: that function on every server
+AttentionSource = Callable[[], set[tuple[str, str]]]
+ATTENTION_SOURCES: list[AttentionSource] = []
+
+
+def register_attention(source: AttentionSource) -> None:
+    if source not in ATTENTION_SOURCES:
+        ATTENTION_SOURCES.append(source)
+
+
+def _alerting() -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for source in ATTENTION_SOURCES:
+        out |= source()
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,12 @@ def overview_context(opts: Options, servers: list[Row], queues: list[Row],
     kept = [c for c in cards if opts.retired or not c["retired"]]
     hidden = {c["name"] for c in cards if c["retired"] and not opts.retired}
     rows = [queue_row(q) for q in queues if q["server"] not in hidden]
+    alerting = _alerting()
+    for row in rows:
+        row["alerting"] = ((row["server"], row["function"]) in alerting
+                           or ("*", row["function"]) in alerting)
+        if row["alerting"] and row["flag"] in ("", "failing"):
+            row["flag"] = "alerting"
     idle = selectors.idle_queues(rows)
     for row in rows:
         row["idle"] = (row["server"], row["function"]) in idle

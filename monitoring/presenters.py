@@ -72,7 +72,7 @@ def failing(queue: Row) -> bool:
 
 
 #: the order queues that need attention come in (most urgent first)
-FLAG_RANK = {"no-workers": 0, "backed-up": 1, "failing": 2}
+FLAG_RANK = {"no-workers": 0, "backed-up": 1, "alerting": 2, "failing": 3}
 
 
 def attention_order(row: Row) -> tuple[int, int, float, str, str]:

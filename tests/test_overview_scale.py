@@ -195,3 +195,25 @@ def test_rollup_windows_add_up_like_rollup_sums(db):
     one = selectors.rollup_sums(since=starts[0], functions=["f1"])
     assert set(one) == {(server.id, "f1")}
     assert one[(server.id, "f1")] == banded[starts[0]][(server.id, "f1")]
+
+
+def test_a_firing_alert_puts_its_queue_among_those_needing_attention(viewer, big):
+    from alerts.models import Alert, Rule
+
+    rule = Rule.objects.create(name="slow resize", metric="runtime_p95", function="resize_*",
+                               operator=">", threshold=50)
+    now = timezone.now()
+    Alert.objects.create(rule=rule, server=big["servers"]["gm-01"], function="resize_00",
+                         value=120, peak=120, started_at=now)
+    Alert.objects.create(rule=rule, server=big["servers"]["gm-02"], function="resize_01",
+                         value=90, peak=90, started_at=now, state=Alert.RESOLVED,
+                         resolved_at=now)
+    html = viewer.get("/").content.decode()
+    rows = _rows(html)
+    # after the stranded and backed-up queues, before the merely failing one
+    assert rows[5] == ("resize_00", "gm-01") and rows[6] == ("billing_04", "gm-07")
+    row = re.search(r'<tr class="queue-row row-alerting" data-function="resize_00" '
+                    r'data-server="gm-01".*?</tr>', html, re.S)
+    assert row and "alert firing" in row.group(0)
+    assert 'data-total="attention">7<' in html and "resize_00</a> on gm-01 (alert firing)" in html
+    assert ("resize_01", "gm-02") not in rows[:7]  # resolved: no longer
