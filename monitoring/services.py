@@ -186,8 +186,10 @@ def record_poll_failure(*, name: str, address: str, error: str,
         state.down_since = at
         log.warning("gearmand %s (%s) is down: %s", name, address, error)
     if state.failed_polls >= DOWN_AFTER:
-        # its workers are gone with it; the next successful poll lists them again
-        Worker.objects.filter(server=server).delete()
+        # its workers are gone with it; the next successful poll lists them again (rows
+        # from the traffic go with their connections: an admin poll that times out while
+        # gearmand still serves must not drop workers the tap sees working)
+        Worker.objects.filter(server=server).exclude(fd=WIRE_FD).delete()
     state.save()
     return state
 

@@ -17,10 +17,12 @@ from broker.workers import WorkerFact
 from hq.tap.workers import SETTLE_S, WorkerSync
 from monitoring.models import Worker
 from monitoring.services import (
+    DOWN_AFTER,
     WIRE_FD,
     apply_worker_facts,
     reconcile_polled_workers,
     record_poll,
+    record_poll_failure,
 )
 
 pytestmark = pytest.mark.django_db
@@ -102,6 +104,17 @@ def test_record_poll_leaves_worker_rows_to_the_tap_when_given_none() -> None:
     record_poll(name=S, address=ADDR, pid="1", version="1.1.20", statuses=[],
                 workers=[WorkerLine(40, "10.0.0.8", "w2", ("q",))])
     assert _rows() == [(40, "10.0.0.8", "w2", ["q"])]
+
+
+def test_failed_polls_drop_polled_rows_and_leave_traffic_rows_to_their_connections() -> None:
+    now = time.time()
+    _apply(WorkerFact("10.0.0.7:5001", "w1", ("a",), now))
+    record_poll(name=S, address=ADDR, pid="1", version="1.1.20", statuses=[], workers=None)
+    _reconcile([WorkerLine(40, "10.0.0.7", "w1", ("a",)), WorkerLine(42, "10.0.0.9", "o", ("z",))],
+               now + 1)
+    for _ in range(DOWN_AFTER):
+        record_poll_failure(name=S, address=ADDR, error="timed out")
+    assert _rows() == [(WIRE_FD, "10.0.0.7:5001", "w1", ["a"])]
 
 
 def test_sync_thread_writes_facts_and_reconciles_a_settled_list() -> None:

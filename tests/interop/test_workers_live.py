@@ -23,8 +23,9 @@ import redis
 
 from jobs.models import Job
 from monitoring.models import Worker
+from monitoring.services import WIRE_FD
 from tests.interop.php_scripts import WORKER as PHP_WORKER
-from tests.support.gearman_cli import submit_bg
+from tests.support.gearman_cli import start_worker, stop_worker, submit_bg
 from tests.support.stack import Gearmand, Tap, start_tap, stop_process, wait_for
 
 pytestmark = [pytest.mark.gearmand, pytest.mark.django_db(transaction=True)]
@@ -51,6 +52,7 @@ class LiveWorkerMessages:
     def __init__(self, server: str) -> None:
         self.server = server
         self.messages: list[dict[str, Any]] = []
+        self.last_at = time.monotonic()  # when the latest one arrived
         self._pubsub = redis.Redis(db=REDIS_DB).pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(f"hq:live:{REDIS_DB}:live")
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -64,6 +66,7 @@ class LiveWorkerMessages:
                 body = json.loads(msg["data"])
                 if body.get("type") == "worker" and body.get("server") == self.server:
                     self.messages.append(body)
+                    self.last_at = time.monotonic()
 
     def close(self) -> None:
         self._stop.set()
@@ -72,6 +75,11 @@ class LiveWorkerMessages:
 
     def about(self, function: str) -> int:
         return sum(1 for m in self.messages if function in (m.get("functions") or ()))
+
+    def settled(self) -> bool:
+        """No message for twice the publishing interval (HQ_LIVE_INTERVAL_MS, 500 ms): the
+        changes so far are all published (changes within one interval share a message)."""
+        return time.monotonic() - self.last_at > 1.0
 
 
 def _rows(server: str) -> list[Worker]:
@@ -103,16 +111,18 @@ def _watch_a_worker_come_and_go(tap: Tap, cmd: list[str], function: str, client_
                  message=f"{JOBS} jobs completed")
         assert _rows(tap.server), "the worker is still listed while connected"
         assert Job.objects.filter(server__name=tap.server, function=function,
-                                  worker=client_id
-                                  ).count() == JOBS
+                                  worker=client_id).count() == JOBS
+        wait_for(lambda: live.about(function) >= 1 and live.settled(), timeout=10,
+                 message="a live worker message for its arrival")
+        announced = live.about(function)
     finally:
         stop_process(proc)
     left = time.monotonic()
     wait_for(lambda: not _rows(tap.server), timeout=30, message="the worker gone")
     gone_s = time.monotonic() - left
     try:
-        wait_for(lambda: live.about(function) >= 2, timeout=10,
-                 message="live worker messages for its arrival and its departure")
+        wait_for(lambda: live.about(function) > announced, timeout=10,
+                 message="a live worker message for its departure")
     finally:
         live.close()
     print(f"\n{tap.mode}: listed {listed_s:.2f} s after start ({done_when_listed} of {JOBS} "
@@ -133,3 +143,25 @@ def test_perl_worker_listed_with_all_its_functions(slow_poll_tap: Tap) -> None:
     _watch_a_worker_come_and_go(
         tap, ["perl", str(PERL_WORKER), str(tap.port), "perl-live"], "perl_reverse",
         "perl-live", ["perl_die", "perl_reverse", "perl_status", "perl_undef"])
+
+
+def test_the_poll_reconciles_traffic_rows_without_doubling_them(tap: Tap) -> None:
+    """With the usual 1 s poll: the PHP worker (client id) and a ``gearman -w`` worker (no
+    client id, listed by gearmand as ``-``) each keep one row, the traffic's, which each poll
+    of gearmand's list confirms (its ``last_seen`` moves to the list's time)."""
+    php = subprocess.Popen(["php", str(PHP_WORKER), str(tap.port), "php-poll", "reverse"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = start_worker(tap.port, ("cli_a", "cli_b"), "cat")
+    try:
+        def confirmed() -> list[Worker] | None:
+            rows = _rows(tap.server)
+            ok = len(rows) >= 2 and all(r.last_seen > r.connected_at for r in rows)
+            return rows if ok else None
+
+        rows = wait_for(confirmed, timeout=30, message="both rows confirmed by a poll")
+        assert sorted((r.fd, r.client_id, sorted(r.functions)) for r in rows) == [
+            (WIRE_FD, "", ["cli_a", "cli_b"]), (WIRE_FD, "php-poll", ["reverse"])]
+    finally:
+        stop_process(php)
+        stop_worker(cli)
+    wait_for(lambda: not _rows(tap.server), timeout=30, message="both gone")
