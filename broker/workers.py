@@ -11,8 +11,9 @@ No other packet reaches this module, so the tracker's hot path pays nothing for 
 failed membership test on packets that match nothing else (GRAB_JOB*, PRE_SLEEP, ECHO...).
 
 What it cannot see it does not invent: a connection HQ joined after its CAN_DOs (a capture
-started while the worker ran) is known only by the changes after that; gearmand's admin
-``workers`` list, polled by the tap, reconciles the rest.
+started while the worker ran) is known only by the changes after that, and its end is told
+(with no functions) in case an earlier tap listed it; gearmand's admin ``workers`` list,
+polled by the tap, reconciles the rest.
 """
 
 from __future__ import annotations
@@ -96,11 +97,13 @@ class WorkerWatch:
             self._tell(conn, had, ts)
 
     def closed(self, key: ConnKey, conn: Conn | None, ts: float) -> None:
+        """A connection ended. Also told when HQ joined it after it began: it may be a
+        worker an earlier tap (before a restart) saw register, whose row is then ended."""
         had = self._abilities.pop(key, None)
-        if had:
+        if had or (conn is not None and not conn.from_start):
             self.emit(WorkerFact(conn.peer if conn is not None else key.peer,
                                  conn.client_id if conn is not None else "",
-                                 tuple(sorted(had)), ts, gone=True))
+                                 tuple(sorted(had or ())), ts, gone=True))
 
     def _tell(self, conn: Conn, had: set[str] | None, ts: float) -> None:
         self.emit(WorkerFact(conn.peer, conn.client_id, tuple(sorted(had or ())), ts))

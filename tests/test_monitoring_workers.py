@@ -60,6 +60,14 @@ def test_facts_create_update_and_delete_one_row_per_connection() -> None:
     assert _rows() == []
 
 
+def test_the_end_of_a_connection_joined_mid_stream_ends_an_earlier_taps_row() -> None:
+    now = time.time()
+    _apply(WorkerFact("10.0.0.7:5001", "w1", ("a",), now - 60))  # before the tap restarted
+    assert _apply(WorkerFact("10.0.0.7:5001", "", (), now, gone=True),
+                  WorkerFact("10.0.0.7:5009", "", (), now, gone=True)) == {"a"}
+    assert _rows() == []
+
+
 def test_a_listed_worker_the_traffic_knows_keeps_its_row() -> None:
     now = time.time()
     _apply(WorkerFact("10.0.0.7:5001", "w1", ("b", "a"), now - 10))

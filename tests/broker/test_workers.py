@@ -44,6 +44,17 @@ def test_disconnect_of_a_worker_is_a_gone_fact() -> None:
     assert len(w.tracker.workers) == 0
 
 
+def test_a_connection_joined_mid_stream_tells_its_end() -> None:
+    """It may be a worker a tap before this one saw register (its row is ended); a
+    connection seen from its start that never registered is only a client."""
+    w, facts = _wire()
+    joined, client = w.open(5003), w.open(5004, from_start=True)
+    w.send(joined, req(T.GRAB_JOB_ALL))
+    t_close = w.close(joined)
+    w.close(client)
+    assert facts == [WorkerFact("10.0.0.2:5003", "", (), t_close, gone=True)]
+
+
 def test_client_id_after_can_do_renames_the_worker() -> None:
     w, facts = _wire()
     worker = w.open(5002)

@@ -165,3 +165,32 @@ def test_the_poll_reconciles_traffic_rows_without_doubling_them(tap: Tap) -> Non
         stop_process(php)
         stop_worker(cli)
     wait_for(lambda: not _rows(tap.server), timeout=30, message="both gone")
+
+
+def test_a_capture_restarted_under_a_worker_still_sees_it_leave(gearmand: Gearmand,
+                                                               tmp_path: Path) -> None:
+    """The worker registered under a first capture; a second one joins its connection
+    mid-stream (no CAN_DO to see) and still ends its row when it disconnects."""
+    overrides = {"HQ_POLL_INTERVAL": "600"}
+    first = start_tap("capture", gearmand, tmp_path, overrides=overrides)
+    proc = subprocess.Popen(["php", str(PHP_WORKER), str(first.port), "php-stay", "reverse"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        try:
+            wait_for(lambda: _rows(first.server), timeout=30, message="the worker listed")
+        finally:
+            first.stop()
+        second = start_tap("capture", gearmand, tmp_path, server=first.server,
+                           overrides=overrides)
+        try:
+            submit_bg(second.port, "reverse", "abc")  # traffic on its connection after the join
+            wait_for(lambda: _completed(second.server, "reverse") == 1, timeout=30,
+                     message="a job done under the second capture")
+            assert _rows(second.server)
+            stop_process(proc)
+            wait_for(lambda: not _rows(second.server), timeout=30,
+                     message="the worker gone, seen by the second capture")
+        finally:
+            second.stop()
+    finally:
+        stop_process(proc)
