@@ -264,6 +264,10 @@ def quote(v): return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 print(" ".join(f"{k}={quote(v)}" for k, v in info.items()))
 PY
 )" || die "cannot read DATABASE_URL for gearmand's queue"
+            # made here, without gearmand's UNIQUE (unique_key, function_name), which
+            # refuses a 2nd queued job of a function sent with no unique key (see the module)
+            "$HQ_PY" -m jobs.gearmand_queue "$DATABASE_URL" gearmand_queue ||
+                die "cannot prepare gearmand's queue table"
             QUEUE_ARGS=(-q Postgres --libpq-conninfo "$CONNINFO" --libpq-table gearmand_queue)
             say "gearmand keeps its queue in Postgres (table gearmand_queue)" ;;
         none) ;;

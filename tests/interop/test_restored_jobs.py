@@ -15,7 +15,8 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from jobs import restored
+from broker.client import NotAcknowledged, ServerAddress, submit_first
+from jobs import gearmand_queue, restored
 from jobs.models import Job, State
 from jobs.recovery import engine, policies
 from tests.support.gearman_cli import gearman, start_worker, stop_worker, submit_bg
@@ -24,14 +25,17 @@ from tests.support.stack import Gearmand, jobs_of, start_tap, wait_for, wait_job
 pytestmark = pytest.mark.gearmand
 
 
-def queue_options() -> tuple[str, ...]:
-    """gearmand's libpq queue in the test database, in a table of its own."""
+def queue_options(*, prepared: bool = False) -> tuple[str, ...]:
+    """gearmand's libpq queue in the test database, in a table of its own: made by gearmand,
+    or (``prepared``) beforehand as ``make run`` makes it (``jobs/gearmand_queue.py``)."""
     s = connection.settings_dict
     conninfo = " ".join(f"{k}={v}" for k, v in (
         ("host", s["HOST"]), ("port", s["PORT"]), ("user", s["USER"]),
         ("password", s["PASSWORD"]), ("dbname", s["NAME"])) if v)
-    return ("-q", "Postgres", "--libpq-conninfo", conninfo,
-            "--libpq-table", f"gearmand_queue_{uuid.uuid4().hex[:8]}")
+    table = f"gearmand_queue_{uuid.uuid4().hex[:8]}"
+    if prepared:
+        gearmand_queue.prepare(conninfo, table)
+    return ("-q", "Postgres", "--libpq-conninfo", conninfo, "--libpq-table", table)
 
 
 def warm_up(g: Gearmand, function: str) -> None:
@@ -149,5 +153,91 @@ def test_without_a_queue_a_restart_loses_the_job_and_nothing_is_linked_to_it(
         job.refresh_from_db()
         assert job.state == State.LOST and job.error.startswith(restored.RESTART)
         assert not Job.objects.filter(restored_from=job.pk).exists()
+    finally:
+        tap.stop()
+
+
+def test_a_restart_while_no_tap_watched_is_linked_when_the_tap_is_back(
+        gearmand_factory: Callable[..., Gearmand], tmp_path: Path, transactional_db: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "GRACE", timedelta(0))
+    g = gearmand_factory(*queue_options())
+    tap = start_tap("capture", g, tmp_path)
+    server = tap.server
+    try:
+        warm_up(g, "restore_warm")
+        submit_bg(g.port, "restore_unseen", "epsilon")
+        (old,) = wait_jobs(server, 1, state="queued")
+    finally:
+        tap.stop()
+    g.restart()  # nobody records it
+    again = start_tap("capture", g, tmp_path, server=server)
+    try:
+        # the tap's start-up closes the earlier boot's open jobs ("gearmand restarted
+        # while HQ was not watching"); gearmand holds the job again: restored, not lost
+        wait_for(lambda: Job.objects.get(pk=old.pk).state == "lost", timeout=30,
+                 message="the earlier boot closed")
+        assert engine.sweep().restored == 1
+        worker = start_worker(g.port, "restore_unseen", "cat", jobs=1)
+        try:
+            worker.wait(30)
+        finally:
+            stop_worker(worker)
+        new = wait_for(lambda: Job.objects.filter(restored_from=old.pk,
+                                                  state="completed").first(),
+                       timeout=30, message="the restored job linked")
+        assert new.payload == "epsilon" and new.unique == old.unique
+        assert Job.objects.get(pk=old.pk).state == State.RESTORED
+    finally:
+        again.stop()
+
+
+def hq_submit(port: int, function: str, payload: str) -> str:
+    """A background job as HQ's own client sends it: no unique key."""
+    conn, handle = submit_first([ServerAddress("g", "127.0.0.1", port)], function,
+                                payload.encode(), pool=None)
+    conn.close()
+    return handle
+
+
+def test_jobs_without_a_unique_key_need_make_runs_table_and_link_by_payload(
+        gearmand_factory: Callable[..., Gearmand], tmp_path: Path, transactional_db: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "GRACE", timedelta(0))
+    lost_policy()
+    # gearmand's own table refuses a second queued job of a function with no unique key
+    plain = gearmand_factory(*queue_options())
+    hq_submit(plain.port, "restore_plain", "one")
+    with pytest.raises(NotAcknowledged, match="QUEUE_ERROR"):
+        hq_submit(plain.port, "restore_plain", "two")
+
+    g = gearmand_factory(*queue_options(prepared=True))
+    tap = start_tap("capture", g, tmp_path)
+    server = tap.server
+    try:
+        warm_up(g, "restore_warm")
+        for payload in ("zeta", "eta", "eta"):  # two equal jobs: each pairs with one
+            hq_submit(g.port, "restore_plain", payload)
+        before = {j.pk for j in wait_jobs(server, 3, state="queued")}
+        assert set(jobs_of(server).filter(pk__in=before).values_list("unique", flat=True)) \
+            == {""}
+        g.restart()
+        wait_for(lambda: jobs_of(server).filter(pk__in=before, state="lost").count() == 3,
+                 timeout=30, message="the restart recorded")
+        worker = start_worker(g.port, "restore_plain", "cat", jobs=3)
+        try:
+            worker.wait(30)
+        finally:
+            stop_worker(worker)
+        def linked() -> list[Job] | None:
+            rows = list(jobs_of(server).filter(restored_from__in=before, state="completed"))
+            return rows if len(rows) == 3 else None
+
+        after = wait_for(linked, timeout=30, message="three restored jobs run and linked")
+        assert sorted(j.payload for j in after) == ["eta", "eta", "zeta"]
+        for new in after:
+            assert new.payload == Job.objects.get(pk=new.restored_from_id).payload
+        assert set(Job.objects.filter(pk__in=before).values_list("state", flat=True)) == {
+            State.RESTORED}
     finally:
         tap.stop()
