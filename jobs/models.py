@@ -197,6 +197,8 @@ class Job(models.Model):
         function is in ``HQ_REDACT`` (the payload was never stored)."""
         if not self.is_finished:
             return f"it is {self.state}: only a finished job can be retried"
+        if self.state == State.RESTORED:
+            return "gearmand restored it after a restart: it goes on as its later record"
         if not self.function:
             return "its function was never recorded"
         if redacted:

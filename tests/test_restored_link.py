@@ -76,6 +76,7 @@ def test_restored_jobs_link_to_their_earlier_records(make_writer: WriterFactory,
     for old, new in (("H:x:7", "H:x:1"), ("H:x:8", "H:x:2"), ("H:x:9", "H:x:3")):
         earlier = row(server, OLD, old)
         assert earlier.state == State.RESTORED and earlier.error.endswith(f"as {new}")
+        assert "restored" in (earlier.retry_refusal(redacted=False) or "")  # no 2nd run
     assert [row(server, OLD, f"H:x:{n}").state for n in (10, 11, 12)] == ["lost"] * 3
     assert writer.store.restored.linked == 3
 
