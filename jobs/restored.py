@@ -20,7 +20,9 @@ takes it (its JOB_ASSIGN: a job with no submit). Two steps make that one history
   background job lost by a restart whose unique key the running gearmand still lists
   (``show unique jobs``) was restored: it becomes ``restored`` at once, so it is neither
   counted lost nor retried by a policy (that would run it twice); its link follows when a
-  worker takes it.
+  worker takes it. A job whose unique key HQ does not know (its client sent none) waits
+  undecided while gearmand holds jobs of its function HQ has no record of
+  (:func:`unrecorded_held`): it may be one of them.
 
 Only what gearmand did not give back stays ``lost``.
 
@@ -38,6 +40,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from django.db.models import Count, Q
 from psycopg import sql
 
 from .fold import EventRow
@@ -183,6 +186,30 @@ def held_uniques(address: str, timeout: float = 2.0) -> set[str] | None:
             return {line for line in admin.command("show unique jobs") if line}
     except (AdminError, OSError, ValueError):
         return None
+
+
+def unrecorded_held(address: str, server_id: int,
+                    timeout: float = 2.0) -> dict[str, int] | None:
+    """Per function, how many jobs the gearmand at ``address`` holds (``status``) beyond
+    the ones HQ has an open record of under its current boot (its pid, ``getpid``): jobs
+    it restored that no worker took yet (or jobs HQ missed). None when it does not
+    answer."""
+    from broker.admin import AdminClient, AdminError, parse_address
+
+    try:
+        host, port = parse_address(address)
+        with AdminClient(host, port, timeout=timeout) as admin:
+            pid = admin.getpid()
+            statuses = admin.status()
+    except (AdminError, OSError, ValueError):
+        return None
+    boots = Q(boot__token=pid) | Q(boot__token__startswith=f"{pid}.")
+    open_rows = Job.objects.filter(boots, server_id=server_id,
+                                   state__in=[State.QUEUED, State.RUNNING]).order_by()
+    recorded = dict(open_rows.values("function").annotate(n=Count("id"))
+                    .values_list("function", "n"))
+    return {s.function: s.total - recorded.get(s.function, 0) for s in statuses
+            if s.total > recorded.get(s.function, 0)}
 
 
 def mark_waiting(job_id: int) -> None:

@@ -76,8 +76,8 @@ VIA = "policy"
 #: a sweep outcome (not stored in ``recovery``): the job was lost by a restart, but the
 #: gearmand running now holds it (restored from its queue): it is not lost, not retried
 RESTORED = "restored"
-#: how long a job lost by a restart waits for its gearmand to answer ``show unique jobs``
-RESTORE_ASK_FOR = timedelta(minutes=5)
+#: how long a job lost by a restart may wait, undecided, to be known restored or not
+RESTORE_ASK_FOR = timedelta(hours=1)
 
 
 def death_limit() -> int:
@@ -158,6 +158,8 @@ class Sweep:
     deferred: set[int] = field(default_factory=set)  # lost by a restart, gearmand silent
     #: per server id, the unique keys its gearmand holds now (None: it did not answer)
     held: dict[int, set[str] | None] = field(default_factory=dict)
+    #: per server id, per function, jobs its gearmand holds that HQ has no open record of
+    unrecorded: dict[int, dict[str, int] | None] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"retried {self.retried}, dead {self.dead}, left alone {self.left}"
@@ -233,19 +235,29 @@ def _decide_claimed(job: Job, own_id: int | None, *, now: datetime,
 
 
 def _restored_by_gearmand(job: Job, out: Sweep, now: datetime) -> bool | None:
-    """Lost by a restart, yet its unique key is held by the gearmand running now: restored
-    from its persistent queue under a new handle (``jobs/restored.py``). None: gearmand
-    does not answer, ask again later (for :data:`RESTORE_ASK_FOR`; a retry now could run
-    the job twice)."""
-    if not job.unique or not restored.lost_by_restart(job) or not job.server.address:
+    """Lost by a restart, yet held by the gearmand running now: restored from its
+    persistent queue under a new handle (``jobs/restored.py``): its unique key is listed
+    by ``show unique jobs``. None: cannot tell yet, ask again next sweep (for at most
+    :data:`RESTORE_ASK_FOR`; a retry now could run the job twice): gearmand does not
+    answer, or the job has no unique key HQ knows and gearmand holds jobs of its function
+    HQ has no open record of (restored ones no worker took yet: the writer links them when
+    one does)."""
+    if not restored.lost_by_restart(job) or not job.server.address:
         return False
-    if job.server_id not in out.held:
-        out.held[job.server_id] = restored.held_uniques(job.server.address)
-    held = out.held[job.server_id]
-    if held is None:
-        ended = job.finished_at or now
-        return None if now - ended < RESTORE_ASK_FOR else False
-    return job.unique in held
+    key = job.server_id
+    if job.unique:
+        if key not in out.held:
+            out.held[key] = restored.held_uniques(job.server.address)
+        held = out.held[key]
+        known = None if held is None else job.unique in held
+    else:
+        if key not in out.unrecorded:
+            out.unrecorded[key] = restored.unrecorded_held(job.server.address, key)
+        pending = out.unrecorded[key]
+        known = None if pending is None or pending.get(job.function, 0) > 0 else False
+    if known is None and now - (job.finished_at or now) >= RESTORE_ASK_FOR:
+        return False
+    return known
 
 
 def _count(out: Sweep, job_id: int, outcome: str) -> None:

@@ -130,16 +130,20 @@ def test_without_a_queue_a_restart_loses_the_job_and_nothing_is_linked_to_it(
         gearmand: Gearmand, tmp_path: Path, transactional_db: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "GRACE", timedelta(0))
+    lost_policy()
     tap = start_tap("capture", gearmand, tmp_path)
     server = tap.server
     try:
         warm_up(gearmand, "restore_warm")
         submit_bg(gearmand.port, "restore_gone", "delta")
-        (job,) = wait_jobs(server, 1, state="queued")
+        hq_submit(gearmand.port, "restore_gone_too", "no unique key")
+        job, other = wait_jobs(server, 2, state="queued")
         gearmand.restart()
-        wait_for(lambda: Job.objects.get(pk=job.pk).state == "lost", timeout=30,
-                 message="the restart recorded")
-        assert engine.sweep().restored == 0
+        wait_for(lambda: Job.objects.filter(pk__in=[job.pk, other.pk], state="lost")
+                 .count() == 2, timeout=30, message="the restart recorded")
+        # really lost: gearmand holds neither key nor any job of their functions
+        sweep = engine.sweep()
+        assert (sweep.restored, sweep.retried, len(sweep.deferred)) == (0, 2, 0), sweep
         # the same function and payload submitted again after the restart is a new job
         submit_bg(gearmand.port, "restore_gone", "delta")
         worker = start_worker(gearmand.port, "restore_gone", "cat", jobs=1)
@@ -224,6 +228,10 @@ def test_jobs_without_a_unique_key_need_make_runs_table_and_link_by_payload(
         g.restart()
         wait_for(lambda: jobs_of(server).filter(pk__in=before, state="lost").count() == 3,
                  timeout=30, message="the restart recorded")
+        # no unique key to ask gearmand about, but it holds three restore_plain jobs HQ
+        # has no record of: they wait, undecided, rather than being retried
+        sweep = engine.sweep()
+        assert (sweep.retried, sweep.restored, len(sweep.deferred)) == (0, 0, 3), sweep
         worker = start_worker(g.port, "restore_plain", "cat", jobs=3)
         try:
             worker.wait(30)
@@ -239,5 +247,7 @@ def test_jobs_without_a_unique_key_need_make_runs_table_and_link_by_payload(
             assert new.payload == Job.objects.get(pk=new.restored_from_id).payload
         assert set(Job.objects.filter(pk__in=before).values_list("state", flat=True)) == {
             State.RESTORED}
+        assert engine.sweep().retried == 0 and not Job.objects.filter(
+            retry_of__in=before).exists()
     finally:
         tap.stop()
