@@ -67,7 +67,7 @@ class AuditSerializer(serializers.ModelSerializer[AuditEntry]):
 
 AUDIT_FILTERS = [
     OpenApiParameter(name, OpenApiTypes.STR, description=desc) for name, desc in [
-        ("user", "user name, exact"), ("via", "ui, api, cli or system"),
+        ("user", "user name, exact"), ("via", "ui, api, cli, system or policy"),
         ("action", "submit, schedule, retry, cancel, submit_scheduled…"),
         ("target", "e.g. 'job 42', exact"), ("after", "ISO 8601 time"),
         ("before", "ISO 8601 time"),
