@@ -3,6 +3,8 @@
 Several functions with different runtimes, progress reports, a few percent failures and
 exceptions, a slow low-priority queue that backs up, foreground and background jobs, and
 now and then a worker that dies mid-job (gearmand requeues the job: a second attempt).
+With several gearmand (``make run`` with ``HQ_GEARMAND_COUNT``) each gets the same workers
+and an equal share of the submit rate.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from broker.client import Client, GearmanError, Handler, Job, JobFailed, Worker, WorkFailed
@@ -121,14 +123,24 @@ async def run_clients(host: str, port: int, rate: float, stop_at: float) -> int:
     return n
 
 
-async def run_demo(host: str, port: int, rate: float, duration: float) -> int:
-    stop_at = time.monotonic() + (duration if duration > 0 else float("inf"))
+def _workers(host: str, port: int) -> list[asyncio.Task[None]]:
     tasks = [asyncio.create_task(run_worker(host, port, f"{name}-{i}", handlers, False))
              for name, handlers, count in WORKERS for i in range(1, count + 1)]
     tasks.append(asyncio.create_task(
         run_worker(host, port, "transcoder-1", {"transcode_video": transcode}, True)))
+    return tasks
+
+
+async def run_demo(servers: Sequence[tuple[str, int]], rate: float, duration: float) -> int:
+    """The workload on every (host, port) in ``servers``: the same workers on each, and
+    ``rate`` jobs/s in all, shared equally. Returns the number of jobs submitted."""
+    stop_at = time.monotonic() + (duration if duration > 0 else float("inf"))
+    tasks = [task for host, port in servers for task in _workers(host, port)]
+    share = rate / len(servers)
     try:
-        return await run_clients(host, port, rate, stop_at)
+        counts = await asyncio.gather(*(run_clients(host, port, share, stop_at)
+                                        for host, port in servers))
+        return sum(counts)
     finally:
         for task in tasks:
             task.cancel()
