@@ -14,6 +14,11 @@
 #                                 host:port+1 (127.0.0.1:4731) in proxy mode
 #   HQ_CAPTURE_INTERFACE          capture mode: default lo for a loopback gearmand, else any
 #   HQ_SERVER_NAME=local          the name HQ gives this gearmand
+#   HQ_GEARMAND_COUNT=1           private gearmand to start, each with its own tap: server
+#                                 N is named $HQ_SERVER_NAME-N (local, local-2, ...) on the
+#                                 next port (capture) or the next pair (proxy: proxy 4732,
+#                                 gearmand 4733); its queue table gearmand_queue_N; the
+#                                 web, Celery and the demo get HQ_GEARMAN as the list
 #   HQ_GEARMAND_ARGS              extra gearmand flags (e.g. "--job-retries 3")
 #   HQ_GEARMAND_QUEUE=postgres    the private gearmand keeps its queue in HQ's Postgres
 #                                 (its own table gearmand_queue), so background jobs
@@ -35,9 +40,15 @@ HQ_WS="${HQ_WS:-${HQ_HTTP%:*}:8001}"
 HQ_GEARMAN="${HQ_GEARMAN:-127.0.0.1:4730}"
 HQ_SERVER_NAME="${HQ_SERVER_NAME:-local}"
 HQ_DEMO="${HQ_DEMO:-1}"
+HQ_GEARMAND_COUNT="${HQ_GEARMAND_COUNT:-1}"
 
 [ -x "$HQ_PY" ] || die "no virtualenv: run make run (or make venv) instead of this script"
 [ -f manage.py ] || die "manage.py not found in $HQ_ROOT"
+[[ $HQ_GEARMAND_COUNT =~ ^[1-9][0-9]*$ ]] && ((HQ_GEARMAND_COUNT <= 20)) ||
+    die "HQ_GEARMAND_COUNT must be a number from 1 to 20 (got '$HQ_GEARMAND_COUNT')"
+if ((HQ_GEARMAND_COUNT > 1)) && [[ $HQ_GEARMAN == *[,=]* ]]; then
+    die "HQ_GEARMAND_COUNT=$HQ_GEARMAND_COUNT wants HQ_GEARMAN as one HOST:PORT (the first server's); make run names the others"
+fi
 mkdir -p "$HQ_LOG" "$HQ_RUN"
 # files an older make run left readable by others (umask applies to new files only)
 chmod -f go-rwx "$HQ_VAR"/run.env "$HQ_VAR"/secret_key "$HQ_VAR"/api_token "$HQ_LOG"/*.log* 2>/dev/null || true
@@ -236,19 +247,11 @@ fi
 
 # ---------------------------------------------------------------- gearmand
 say "tap mode: $HQ_TAP_MODE ($TAP_REASON)"
-if gear_answers "$GD_HOST" "$GD_PORT"; then
-    say "gearmand: one already answers on $GD_HOST:$GD_PORT; using it (it will not be stopped)"
-else
-    # Debian puts gearmand in /usr/sbin, which a non-root PATH often lacks.
-    GEARMAND_BIN="$(PATH="$PATH:/usr/sbin:/sbin" command -v gearmand)" ||
-        die "gearmand not installed (make deps as root, or: sudo apt-get install gearman-job-server)"
-    tcp_open "$GD_HOST" "$GD_PORT" && die "$GD_HOST:$GD_PORT is in use by something that is not gearmand"
-    QUEUE_ARGS=()
-    case "${HQ_GEARMAND_QUEUE:-postgres}" in
-        postgres)
-            # gearmand's libpq queue wants a key=value conninfo, not a URL; a password goes
-            # to a 0600 passfile, never onto gearmand's command line (ps, its log)
-            CONNINFO="$("$HQ_PY" - "$DATABASE_URL" "$HQ_RUN/gearmand.pgpass" <<'PY'
+# gearmand's libpq queue wants a key=value conninfo, not a URL; a password goes to a 0600
+# passfile, never onto gearmand's command line (ps, its log). Sets CONNINFO (once).
+queue_conninfo() {
+    [ -n "${CONNINFO:-}" ] && return 0
+    CONNINFO="$("$HQ_PY" - "$DATABASE_URL" "$HQ_RUN/gearmand.pgpass" <<'PY'
 import sys
 from psycopg.conninfo import conninfo_to_dict
 info = {k: str(v) for k, v in conninfo_to_dict(sys.argv[1]).items()}
@@ -264,30 +267,50 @@ def quote(v): return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 print(" ".join(f"{k}={quote(v)}" for k, v in info.items()))
 PY
 )" || die "cannot read DATABASE_URL for gearmand's queue"
+}
+
+# start_gearmand NAME HOST PORT TABLE: a private gearmand on HOST:PORT run as process NAME
+# (log var/log/NAME.log), its queue in the Postgres table TABLE unless
+# HQ_GEARMAND_QUEUE=none; or the gearmand that already answers there.
+start_gearmand() {
+    local name="$1" host="$2" port="$3" table="$4" i
+    if gear_answers "$host" "$port"; then
+        say "$name: one already answers on $host:$port; using it (it will not be stopped)"
+        return 0
+    fi
+    # Debian puts gearmand in /usr/sbin, which a non-root PATH often lacks.
+    GEARMAND_BIN="$(PATH="$PATH:/usr/sbin:/sbin" command -v gearmand)" ||
+        die "gearmand not installed (make deps as root, or: sudo apt-get install gearman-job-server)"
+    tcp_open "$host" "$port" && die "$host:$port is in use by something that is not gearmand"
+    QUEUE_ARGS=()
+    case "${HQ_GEARMAND_QUEUE:-postgres}" in
+        postgres)
+            queue_conninfo
             # made here, without gearmand's UNIQUE (unique_key, function_name), which
             # refuses a 2nd queued job of a function sent with no unique key (see the module)
-            "$HQ_PY" -m jobs.gearmand_queue "$DATABASE_URL" gearmand_queue ||
+            "$HQ_PY" -m jobs.gearmand_queue "$DATABASE_URL" "$table" ||
                 die "cannot prepare gearmand's queue table"
-            QUEUE_ARGS=(-q Postgres --libpq-conninfo "$CONNINFO" --libpq-table gearmand_queue)
-            say "gearmand keeps its queue in Postgres (table gearmand_queue)" ;;
+            QUEUE_ARGS=(-q Postgres --libpq-conninfo "$CONNINFO" --libpq-table "$table")
+            say "$name keeps its queue in Postgres (table $table)" ;;
         none) ;;
         *) die "HQ_GEARMAND_QUEUE must be postgres or none (got '$HQ_GEARMAND_QUEUE')" ;;
     esac
-    say "starting gearmand on $GD_HOST:$GD_PORT"
+    say "starting $name on $host:$port"
     # shellcheck disable=SC2086 # HQ_GEARMAND_ARGS is a list of flags
-    start_bg gearmand "$GEARMAND_BIN" --listen="$GD_HOST" --port="$GD_PORT" --log-file=stderr \
-        --pid-file="$HQ_RUN/gearmand-own.pidfile" --verbose=WARNING "${QUEUE_ARGS[@]}" \
+    start_bg "$name" "$GEARMAND_BIN" --listen="$host" --port="$port" --log-file=stderr \
+        --pid-file="$HQ_RUN/$name-own.pidfile" --verbose=WARNING "${QUEUE_ARGS[@]}" \
         ${HQ_GEARMAND_ARGS:-}
     for ((i = 0; i < 50; i++)); do
-        gear_answers "$GD_HOST" "$GD_PORT" && break
-        alive gearmand || break
+        gear_answers "$host" "$port" && break
+        alive "$name" || break
         sleep 0.2
     done
-    if ! gear_answers "$GD_HOST" "$GD_PORT"; then
-        log_tail "$HQ_LOG/gearmand.log"
-        die "gearmand did not start on $GD_HOST:$GD_PORT"
+    if ! gear_answers "$host" "$port"; then
+        log_tail "$HQ_LOG/$name.log"
+        die "$name did not start on $host:$port"
     fi
-fi
+}
+start_gearmand gearmand "$GD_HOST" "$GD_PORT" gearmand_queue
 if [ "$HQ_TAP_MODE" = proxy ]; then
     split_hostport "$HQ_PROXY_LISTEN" 4730
     if tcp_open "$HP_HOST" "$HP_PORT"; then
@@ -296,11 +319,44 @@ if [ "$HQ_TAP_MODE" = proxy ]; then
     fi
 fi
 
+# More servers (HQ_GEARMAND_COUNT): server N = 2, 3, ... is named $HQ_SERVER_NAME-N and
+# sits (N-1) ports after server 1 in capture mode, (N-1) pairs of ports after it in proxy
+# mode (its proxy, then its gearmand), its gearmand queue in table gearmand_queue_N. The
+# web, Celery and the demo then get HQ_GEARMAN as the list of every server.
+EXTRA_NAMES=() EXTRA_CLIENTS=() EXTRA_GEARMANDS=() EXTRA_LISTENS=()
+if ((HQ_GEARMAND_COUNT > 1)); then
+    STEP=1
+    if [ "$HQ_TAP_MODE" = proxy ]; then
+        STEP=2
+        split_hostport "$HQ_PROXY_LISTEN" 4730
+        PL_HOST="$HP_HOST"
+        PL_PORT="$HP_PORT"
+    fi
+    GEARMAN_LIST="$HQ_SERVER_NAME=$G_HOST:$G_PORT"
+    for ((n = 2; n <= HQ_GEARMAND_COUNT; n++)); do
+        off=$(((n - 1) * STEP))
+        EXTRA_NAMES+=("$HQ_SERVER_NAME-$n")
+        EXTRA_CLIENTS+=("$G_HOST:$((G_PORT + off))")
+        EXTRA_GEARMANDS+=("$GD_HOST:$((GD_PORT + off))")
+        start_gearmand "gearmand-$n" "$GD_HOST" "$((GD_PORT + off))" "gearmand_queue_$n"
+        if [ "$HQ_TAP_MODE" = proxy ]; then
+            EXTRA_LISTENS+=("$PL_HOST:$((PL_PORT + off))")
+            tcp_open "$PL_HOST" "$((PL_PORT + off))" &&
+                die "proxy mode: $PL_HOST:$((PL_PORT + off)) (server $n's proxy) is already taken"
+        fi
+        GEARMAN_LIST+=",$HQ_SERVER_NAME-$n=$G_HOST:$((G_PORT + off))"
+    done
+    HQ_GEARMAN="$GEARMAN_LIST" # exported above: what the web, Celery and the demo read
+fi
+
 write_run_env "DATABASE_URL=$DATABASE_URL" "REDIS_URL=$REDIS_URL" \
     "HQ_HTTP=$HQ_HTTP" "HQ_URL=http://$HQ_HTTP/" "HQ_GEARMAN=$HQ_GEARMAN" \
     "HQ_GEARMAND=$HQ_GEARMAND" "HQ_TAP_MODE=$HQ_TAP_MODE" "HQ_SERVER_NAME=$HQ_SERVER_NAME"
 if [ "$HQ_TAP_MODE" = proxy ]; then
     printf 'HQ_PROXY_LISTEN=%s\n' "$HQ_PROXY_LISTEN" >>"$HQ_VAR/run.env"
+fi
+if ((HQ_GEARMAND_COUNT > 1)); then
+    printf 'HQ_GEARMAND_COUNT=%s\n' "$HQ_GEARMAND_COUNT" >>"$HQ_VAR/run.env"
 fi
 
 # ---------------------------------------------------------------- database, static, admin
@@ -346,6 +402,23 @@ else
     [ "$PROBE_HOST" = 0.0.0.0 ] && PROBE_HOST=127.0.0.1
     await tap 20 "$PROBE_HOST" "$HP_PORT" || FAILED+=(tap)
 fi
+# one tap for each further server (HQ_GEARMAND_COUNT), named tap-2, tap-3, ...
+for ((k = 0; k < ${#EXTRA_NAMES[@]}; k++)); do
+    n=$((k + 2))
+    if [ "$HQ_TAP_MODE" = capture ]; then
+        split_hostport "${EXTRA_GEARMANDS[k]}"
+        start_bg "tap-$n" "$HQ_PY" "$HQ_ROOT/manage.py" gearman_capture --interface "$IFACE" \
+            --port "$HP_PORT" --gearman-host "$HP_HOST" --server "${EXTRA_NAMES[k]}"
+        await "tap-$n" 3 || FAILED+=("tap-$n")
+    else
+        split_hostport "${EXTRA_LISTENS[k]}"
+        start_bg "tap-$n" "$HQ_PY" "$HQ_ROOT/manage.py" gearman_proxy --listen "${EXTRA_LISTENS[k]}" \
+            --upstream "${EXTRA_GEARMANDS[k]}" --server "${EXTRA_NAMES[k]}"
+        PROBE_HOST="$HP_HOST"
+        [ "$PROBE_HOST" = 0.0.0.0 ] && PROBE_HOST=127.0.0.1
+        await "tap-$n" 20 "$PROBE_HOST" "$HP_PORT" || FAILED+=("tap-$n")
+    fi
+done
 
 # hq/serve.py: HTTP on granian's WSGI workers (HQ_WEB_WORKERS), the live websocket on
 # gunicorn + uvicorn beside it (HQ_WS), each with a bounded Postgres pool (README "Serving
@@ -369,6 +442,17 @@ if [ "$HQ_TAP_MODE" = capture ]; then
     TAP_LINE="capture of $GD_HOST:$GD_PORT on interface $IFACE"
 else
     TAP_LINE="proxy $HQ_PROXY_LISTEN -> gearmand $HQ_GEARMAND"
+fi
+if ((HQ_GEARMAND_COUNT > 1)); then # a line per server, each named
+    TAP_LINE="$HQ_SERVER_NAME: $TAP_LINE"
+    for ((k = 0; k < ${#EXTRA_NAMES[@]}; k++)); do
+        if [ "$HQ_TAP_MODE" = capture ]; then
+            line="capture of ${EXTRA_GEARMANDS[k]} on interface $IFACE"
+        else
+            line="proxy ${EXTRA_LISTENS[k]} -> gearmand ${EXTRA_GEARMANDS[k]}"
+        fi
+        TAP_LINE+=$'\n'"              ${EXTRA_NAMES[k]}: $line"
+    done
 fi
 cat <<EOF
 
