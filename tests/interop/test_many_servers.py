@@ -2,10 +2,14 @@
 the same database under their own server names. gearmand numbers handles from 1 on each,
 so the same handle is recorded twice and must stay two jobs, each on its server; queues
 and workers of both are listed; an alert rule scoped to one server judges only its queues.
-Real gearmand, the ``gearman`` CLI as client and worker, the REST API, one alert tick."""
+The demo workload spreads over both. Real gearmand, the ``gearman`` CLI as client and
+worker, the REST API, one alert tick."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from alerts.models import Alert, Rule
 from jobs.models import Server
 from tests.support.alerting import rule
 from tests.support.gearman_cli import start_worker, stop_worker, submit_bg
-from tests.support.stack import Gearmand, Tap, start_tap, wait_for, wait_jobs
+from tests.support.stack import MANAGE, ROOT, Gearmand, Tap, start_tap, wait_for, wait_jobs
 
 pytestmark = pytest.mark.gearmand
 
@@ -128,3 +132,16 @@ def test_an_alert_rule_scoped_to_one_server_fires_only_for_its_queue(
     assert fired(scoped) == [(gm2.server, "many_alert")]
     assert fired(everywhere) == sorted([(gm1.server, "many_alert"), (gm2.server, "many_alert")])
     assert len(result.fired) == 3
+
+
+def test_the_demo_spreads_its_work_over_every_server_it_is_given(
+        two_taps: list[Tap]) -> None:
+    servers = ",".join(f"{t.server}=127.0.0.1:{t.port}" for t in two_taps)
+    done = subprocess.run([sys.executable, str(MANAGE), "hq_demo", "--gearman", servers,
+                           "--rate", "20", "--duration", "3"], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "demo workload on " + ", ".join(f"127.0.0.1:{t.port}" for t in two_taps) in done.stderr
+    for tap in two_taps:  # submitted to each, and each one's demo workers ran some
+        wait_jobs(tap.server, 5)
+        wait_jobs(tap.server, 1, state="completed")
