@@ -7,6 +7,7 @@ sends, not how much HQ keeps.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .adminwatch import AdminWatch
@@ -129,8 +130,17 @@ class Conn:
         return self.gaps > 0 or not self.from_start
 
 
+#: the waiters of a job nobody waits on (every background job): one shared empty set, not
+#: an empty ``set`` (216 bytes) in each of 100,000 open jobs
+NO_WAITERS: frozenset[ConnKey] = frozenset()
+
+
 @dataclass(slots=True)
 class Job:
+    """A job the tracker follows (queued or running). One per open job, so kept small: its
+    function name is interned by the tracker, and ``waiters`` is a set only once a client
+    waits (change it through :meth:`add_waiter` and :meth:`drop_waiter`)."""
+
     function: str | None
     background: bool | None
     unique: str | None = None
@@ -138,4 +148,14 @@ class Job:
     submitted: bool = False  # False while HQ knows the job only from its assignment
     assigned: bool = False  # HQ has seen gearmand assign it (to ``holder`` or before)
     holder: ConnKey | None = None  # the worker connection holding it now, if known
-    waiters: set[ConnKey] = field(default_factory=set)
+    waiters: AbstractSet[ConnKey] = NO_WAITERS
+
+    def add_waiter(self, key: ConnKey) -> None:
+        if isinstance(self.waiters, set):
+            self.waiters.add(key)
+        else:
+            self.waiters = {key}
+
+    def drop_waiter(self, key: ConnKey) -> None:
+        if isinstance(self.waiters, set):
+            self.waiters.discard(key)
