@@ -169,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(args[:1])  # --help, or "invalid choice" (exit 2)
         parser.error("give the mode first: hq-tap capture|proxy [OPTIONS]")
     mode, rest = args[0], args[1:]
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hq.settings")
+    if os.environ.get("DJANGO_SETTINGS_MODULE", "hq.settings") == "hq.settings":
+        # the same settings without the web's apps (importing hq has set hq.settings as
+        # the default already; a settings module of the operator's own is kept)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "hq.tap.settings"
     try:
         problem = None if wants_help(rest) else check_environment(os.environ)
         if problem:
