@@ -53,6 +53,7 @@ class CaptureSource:
         self.ready = self.process.ready  # set when tcpdump listens (or has exited)
         self.stats_interval = stats_interval
         self.idle_tick = idle_tick
+        self.sink = sink
         self.reassembler = reassembler or TcpReassembler(port, sink)
         self.pcap = PcapStream()
 
@@ -85,6 +86,11 @@ class CaptureSource:
             self._pump(fd)
         finally:
             self.process.reap()
+            # the capture ends, not the connections: their buffered bytes are delivered,
+            # but a worker still connected must not be recorded as gone
+            ending = getattr(self.sink, "on_capture_end", None)
+            if ending is not None:
+                ending()
             self.reassembler.close_all(time.time())
         failure = self.process.failure()
         if failure is not None:

@@ -100,6 +100,11 @@ class TapSink:
                 parser.resync()
             self.tracker.gap(conn)
 
+    def on_capture_end(self) -> None:
+        """The capture is stopping and is about to close every flow it follows."""
+        with self._lock:
+            self.tracker.capture_ending()
+
     def on_close(self, conn: ConnKey, ts: float) -> None:
         with self._lock:
             for from_peer in (True, False):

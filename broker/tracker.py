@@ -118,6 +118,10 @@ class Tracker(BootTracking):
             self.closed(key, self._now if ts is None else ts)
         self._conns[key] = Conn(key, from_start)
 
+    def capture_ending(self) -> None:
+        """The source stops watching: the closes that follow are not gearmand's."""
+        self.workers.capture_ending()
+
     def closed(self, key: ConnKey, ts: float) -> None:
         conn = self._conns.pop(key, None)
         self.workers.closed(key, conn, ts)

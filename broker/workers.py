@@ -96,6 +96,12 @@ class WorkerWatch:
         if had:
             self._tell(conn, had, ts)
 
+    def capture_ending(self) -> None:
+        """The capture stops: the connections it still follows are closed for the
+        tracker, not for gearmand (their workers stay connected). No gone facts from now
+        on: the rows stay for the next tap and the admin poll."""
+        self.emit = _ignore
+
     def closed(self, key: ConnKey, conn: Conn | None, ts: float) -> None:
         """A connection ended. Also told when HQ joined it after it began: it may be a
         worker an earlier tap (before a restart) saw register, whose row is then ended."""

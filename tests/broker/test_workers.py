@@ -95,3 +95,18 @@ def test_functions_kept_are_bounded_and_names_cleaned() -> None:
     w.send(worker, req(T.CANT_DO, b"f0"), req(T.CAN_DO, b"bad\0name" + b"x" * 400))
     last = facts[-1].functions
     assert len(last) == ABILITIES_MAX and all("\0" not in f and len(f) <= 255 for f in last)
+
+
+def test_a_capture_that_stops_does_not_end_its_workers() -> None:
+    """Stopping a capture closes every flow it follows (buffered bytes are delivered);
+    those are not gearmand's closes: a worker still connected keeps its row (a tap restart
+    under load had deleted it before the new tap could see it)."""
+    from broker.tap import TapSink
+
+    w, facts = _wire()
+    worker = w.open(5002, from_start=True)
+    w.send(worker, req(T.CAN_DO, b"resize"))
+    facts.clear()
+    TapSink(w.tracker).on_capture_end()
+    w.close(worker)
+    assert facts == []
