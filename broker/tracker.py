@@ -105,6 +105,7 @@ class Tracker(BootTracking):
         self._pending_count = 0  # submits stored in every connection's Pending
         self._pending_bytes = 0  # and their payload bytes
         self._now = 0.0  # the latest time seen, for a close the source did not report
+        self._ending = False  # the source stops watching: its closes are not gearmand's
         #: workers' abilities from CAN_DO & co; set ``workers.emit`` to receive the facts
         self.workers = WorkerWatch(self.clean)
 
@@ -119,7 +120,11 @@ class Tracker(BootTracking):
         self._conns[key] = Conn(key, from_start)
 
     def capture_ending(self) -> None:
-        """The source stops watching: the closes that follow are not gearmand's."""
+        """The source stops watching: the closes that follow are not gearmand's. A job
+        running on a worker still connected is not lost, a foreground client still
+        waiting has not abandoned its job: no events from those closes (the next tap joins
+        the connections and sees how the jobs end)."""
+        self._ending = True
         self.workers.capture_ending()
 
     def closed(self, key: ConnKey, ts: float) -> None:
@@ -128,6 +133,8 @@ class Tracker(BootTracking):
         if conn is None:
             return
         self._drop_pending(conn)
+        if self._ending:
+            return
         for handle in sorted(conn.holding):
             job = self._jobs.get(handle)
             if job is not None:

@@ -464,3 +464,31 @@ def test_an_assignment_delivered_after_the_jobs_end_does_not_start_it_again() ->
     # a later assignment of that handle (a new job after an unseen restart) still counts
     w.reply(w.open(5003), res(T.JOB_ASSIGN_UNIQ, H1.encode(), FN, b"u2", b"p"))
     assert w.kinds(H1)[-1] == "started"
+
+
+def test_a_capture_that_stops_loses_no_job_and_abandons_none() -> None:
+    """Stopping a capture closes the flows it follows (to deliver their buffered bytes);
+    those closes are not gearmand's: the running job's worker and the foreground client
+    waiting for it are still connected, so no worker_lost and no abandoned (they would
+    put a running job back to queued, or mark it abandoned, while it runs on)."""
+    w = Wire()
+    client, worker = w.open(5001), w.open(5002)
+    w.submit(client, H1)
+    w.submit(client, H2, ptype=T.SUBMIT_JOB_BG)
+    w.assign(worker, H1)
+    before = w.kinds()
+    w.tracker.capture_ending()
+    w.close(worker)
+    w.close(client)
+    assert w.kinds() == before == ["submitted", "submitted", "started"]
+
+
+def test_closes_before_a_capture_ends_still_count() -> None:
+    w = Wire()
+    client, worker = w.open(5001), w.open(5002)
+    w.submit(client, H1)
+    w.assign(worker, H1)
+    w.close(worker)
+    w.tracker.capture_ending()
+    w.close(client)
+    assert w.kinds() == ["submitted", "started", "worker_lost"]
