@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from hq.errors import HQError, NotFound
+from hq.errors import HQError, InvalidInput
 from hq.models import Role
 from hq.roles import has_role
-from hq.web import role_required, viewer_required
+from hq.web import form_errors, or_404, refusals_flashed, role_required, viewer_required
 
 from .. import bulk, services
 from ..forms import RetryPolicyForm
@@ -28,82 +28,71 @@ PAGE_SIZE = 50
 PREVIEW = 120
 
 
-def _form_errors(form: RetryPolicyForm, exc: HQError) -> None:
-    form.add_error(None, exc.message)
-    for name, errors in (exc.fields or {}).items():
-        if name in form.fields:
-            for error in errors:
-                form.add_error(name, error)
-
-
 @viewer_required
 def policy_list(request: HttpRequest) -> HttpResponse:
     form = RetryPolicyForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        if not has_role(request.user, Role.OPERATOR):
-            return HttpResponse(OPERATORS_ONLY, status=403)
-        if form.is_valid():
-            try:
-                policy = policies.create(data=form.values(), user=request.user, via="ui")
-            except HQError as exc:
-                _form_errors(form, exc)
-            else:
-                messages.success(request, f"Retry policy for “{policy.function}” created.")
-                return redirect("retry-policies")
-        status = 400
+    done = _save(request, form, None)
+    if done is not None:
+        return done
     return render(request, "jobs/retry_policies.html", {
         "policies": list(RetryPolicy.objects.order_by("order", "id")), "form": form,
         "functions": known_functions(), "can_operate": has_role(request.user, Role.OPERATOR),
         "death_limit": engine.death_limit(),
-    }, status=status)
+    }, status=400 if request.method == "POST" else 200)
 
 
 @viewer_required
 def policy_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        policy = policies.get(pk)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+    policy = or_404(policies.get, pk)
     initial = {name: getattr(policy, name) for name in policies.FIELDS}
     form = RetryPolicyForm(request.POST or None, initial=initial)
-    status = 200
-    if request.method == "POST":
-        if not has_role(request.user, Role.OPERATOR):
-            return HttpResponse(OPERATORS_ONLY, status=403)
-        if form.is_valid():
-            try:
-                policies.update(policy_id=pk, data=form.values(), user=request.user, via="ui",
-                                partial=False)
-            except HQError as exc:
-                _form_errors(form, exc)
-            else:
-                messages.success(request, f"Retry policy for “{policy.function}” saved.")
-                return redirect("retry-policies")
-        status = 400
+    done = _save(request, form, policy)
+    if done is not None:
+        return done
     return render(request, "jobs/retry_policy.html", {
         "policy": policy, "form": form, "functions": known_functions(),
-        "can_operate": has_role(request.user, Role.OPERATOR)}, status=status)
+        "can_operate": has_role(request.user, Role.OPERATOR)},
+        status=400 if request.method == "POST" else 200)
+
+
+def _save(request: HttpRequest, form: RetryPolicyForm,
+          policy: RetryPolicy | None) -> HttpResponse | None:
+    """On a POST: 403 for a viewer, the redirect once an operator's form is saved (a new
+    policy, or ``policy`` changed). None when the page is shown (a POST's with the form's
+    errors)."""
+    if request.method != "POST":
+        return None
+    if not has_role(request.user, Role.OPERATOR):
+        return HttpResponse(OPERATORS_ONLY, status=403)
+    if not form.is_valid():
+        return None
+    try:
+        if policy is None:
+            policy = policies.create(data=form.values(), user=request.user, via="ui")
+            done = "created"
+        else:
+            policies.update(policy_id=policy.pk, data=form.values(), user=request.user,
+                            via="ui", partial=False)
+            done = "saved"
+    except HQError as exc:
+        form_errors(form, exc)
+        return None
+    messages.success(request, f"Retry policy for “{policy.function}” {done}.")
+    return redirect("retry-policies")
 
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
 def policy_move(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        policies.move(policy_id=pk, up=request.POST.get("direction") == "up",
-                      user=request.user, via="ui")
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+    or_404(policies.move, policy_id=pk, up=request.POST.get("direction") == "up",
+           user=request.user, via="ui")
     return redirect("retry-policies")
 
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
 def policy_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        policies.delete(policy_id=pk, user=request.user, via="ui")
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+    or_404(policies.delete, policy_id=pk, user=request.user, via="ui")
     messages.success(request, "Retry policy deleted.")
     return redirect("retry-policies")
 
@@ -146,42 +135,31 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
+@refusals_flashed("dead-letters")
 def dead_requeue(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        job = services.retry(job_id=pk, user=request.user, via="ui")
-    except HQError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Requeued job #{pk} as job #{job.pk}.")
+    job = services.retry(job_id=pk, user=request.user, via="ui")
+    messages.success(request, f"Requeued job #{pk} as job #{job.pk}.")
     return redirect("dead-letters")
 
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
+@refusals_flashed("dead-letters")
 def dead_discard(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        services.discard(job_id=pk, user=request.user, via="ui")
-    except HQError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Discarded job #{pk} (kept in history).")
+    services.discard(job_id=pk, user=request.user, via="ui")
+    messages.success(request, f"Discarded job #{pk} (kept in history).")
     return redirect("dead-letters")
 
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
+@refusals_flashed("dead-letters")
 def dead_bulk(request: HttpRequest) -> HttpResponse:
     """Requeue or discard every dead letter the filter matches, in the background."""
     action = {"requeue": "retry", "discard": "discard"}.get(request.POST.get("action", ""))
     if action is None:
-        messages.error(request, "Choose requeue or discard.")
-        return redirect("dead-letters")
-    try:
-        started, _ = bulk.start(action=action,
-                                filter={**_filters(request.POST), "dead": "true"},
-                                user=request.user, via="ui")
-    except HQError as exc:
-        messages.error(request, exc.message)
-        return redirect("dead-letters")
+        raise InvalidInput("Choose requeue or discard.")
+    started, _ = bulk.start(action=action, filter={**_filters(request.POST), "dead": "true"},
+                            user=request.user, via="ui")
     assert started is not None
     return redirect("bulk-detail", pk=started.pk)

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from hq.errors import HQError
 from hq.models import Role
 from hq.roles import has_role
-from hq.web import role_required, viewer_required
+from hq.web import form_errors, or_404, role_required, viewer_required
 
 from ..models import Schedule, ScheduleRun
 from ..selectors import known_functions
@@ -34,6 +34,12 @@ def _context(request: HttpRequest, form: ScheduleForm, **more: Any) -> dict[str,
 
 def _save(request: HttpRequest, form: ScheduleForm,
           schedule: Schedule | None) -> HttpResponse | None:
+    """On a POST, an operator's valid form saved: the redirect to the schedule. None when
+    there is nothing to save or the form shows why not."""
+    if request.method != "POST":
+        return None
+    if not has_role(request.user, Role.OPERATOR):
+        raise PermissionDenied(OPERATORS_ONLY)
     if not form.is_valid():
         return None
     data = dict(form.cleaned_data)
@@ -46,11 +52,7 @@ def _save(request: HttpRequest, form: ScheduleForm,
                                        via="ui")
             messages.success(request, f"Schedule “{schedule.name}” saved.")
     except HQError as exc:
-        form.add_error(None, exc.message)
-        for field, errors in (exc.fields or {}).items():
-            if field in form.fields:
-                for error in errors:
-                    form.add_error(field, error)
+        form_errors(form, exc)
         return None
     return redirect("schedule-detail", pk=schedule.pk)
 
@@ -58,12 +60,9 @@ def _save(request: HttpRequest, form: ScheduleForm,
 @viewer_required
 def schedule_list(request: HttpRequest) -> HttpResponse:
     form = ScheduleForm(request.POST or None)
-    if request.method == "POST":
-        if not has_role(request.user, Role.OPERATOR):
-            raise PermissionDenied(OPERATORS_ONLY)
-        done = _save(request, form, None)
-        if done is not None:
-            return done
+    done = _save(request, form, None)
+    if done is not None:
+        return done
     schedules = list(Schedule.objects.order_by("name"))
     status = 400 if form.errors else 200
     return render(request, "jobs/schedules.html",
@@ -81,12 +80,9 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
                "enabled": schedule.enabled,
                "payload": schedule.payload_text if schedule.payload_text is not None else ""}
     form = ScheduleForm(request.POST or None, initial=initial)
-    if request.method == "POST":
-        if not has_role(request.user, Role.OPERATOR):
-            raise PermissionDenied(OPERATORS_ONLY)
-        done = _save(request, form, schedule)
-        if done is not None:
-            return done
+    done = _save(request, form, schedule)
+    if done is not None:
+        return done
     runs = list(ScheduleRun.objects.filter(schedule=schedule).order_by("-tick")[:LAST_RUNS])
     status = 400 if form.errors else 200
     return render(request, "jobs/schedule_detail.html",
@@ -96,10 +92,7 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
 def schedule_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        services.delete(schedule_id=pk, user=request.user, via="ui")
-    except HQError as exc:
-        raise Http404(exc.message) from None
+    or_404(services.delete, schedule_id=pk, user=request.user, via="ui")
     messages.success(request, "Schedule deleted.")
     return redirect("schedule-list")
 
