@@ -8,9 +8,8 @@ admins see and manage channels (they hold webhook tokens and passwords).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, cast
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
@@ -23,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from hq.errors import Conflict, NotFound
 from hq.models import Role
 from hq.roles import has_role
-from hq.web import HtmxHttpRequest, render_page, role_required, viewer_required
+from hq.web import HtmxHttpRequest, or_404, render_page, role_required, viewer_required
 
 from . import presenters, selectors, services
 from .forms import ChannelForm, RuleForm
@@ -32,9 +31,6 @@ from .serializers import AckSerializer
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 HISTORY_LIMIT = 100
 SILENCE_S = 3600
@@ -180,7 +176,7 @@ def _rule_form(request: HttpRequest, form: RuleForm, rule: Rule | None) -> HttpR
 @require_POST
 @operator_required
 def rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    name = _or_404(services.delete, Rule, pk=pk)
+    name = or_404(services.delete, Rule, pk=pk)
     messages.success(request, f"Rule “{name}” deleted, with its alerts.")
     return redirect("alert-list")
 
@@ -190,19 +186,12 @@ def rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def rule_toggle(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     # the button says what it wants ("1" or "0"), so a double click does not flip it back
     wanted = request.POST.get("enabled")
-    _or_404(services.set_enabled, Rule, pk=pk,
-            enabled=(wanted == "1") if wanted in ("0", "1") else None)
+    or_404(services.set_enabled, Rule, pk=pk,
+           enabled=(wanted == "1") if wanted in ("0", "1") else None)
     if request.htmx:
         row = selectors.rule_rows(Rule.objects.filter(pk=pk))[0]
         return render(request, "alerts/_rule_row.html", {"r": row, "can_operate": True})
     return redirect(f"{reverse('alert-list')}#rule-{pk}")
-
-
-def _or_404(service: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    try:
-        return service(*args, **kwargs)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
 
 
 # ---------------------------------------------------------------- channels
@@ -228,7 +217,7 @@ def channel_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @admin_required
 def channel_toggle(request: HttpRequest, pk: int) -> HttpResponse:
-    channel = _or_404(services.set_enabled, Channel, pk=pk, enabled=None)
+    channel = or_404(services.set_enabled, Channel, pk=pk, enabled=None)
     state = "enabled" if channel.enabled else "disabled: rules no longer notify it"
     messages.success(request, f"Channel “{channel.name}” {state}.")
     return redirect(f"{reverse('channel-list')}#channel-{pk}")
@@ -237,7 +226,7 @@ def channel_toggle(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @admin_required
 def channel_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    name = _or_404(services.delete, Channel, pk=pk)
+    name = or_404(services.delete, Channel, pk=pk)
     messages.success(request, f"Channel “{name}” deleted.")
     return redirect("channel-list")
 

@@ -12,17 +12,17 @@ from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.models import AbstractUser
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
 from . import selectors, services
-from .errors import HQError, NotFound
+from .errors import HQError
 from .forms import RoleForm, TokenForm, UserForm
 from .models import Role
 from .roles import has_role
-from .web import role_required, viewer_required
+from .web import or_404, refusals_flashed, role_required, viewer_required
 
 admin_required = role_required(Role.ADMIN, "Only admins may see and manage users.")
 
@@ -56,10 +56,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @viewer_required
 def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        token = services.revoke_token(actor=_me(request), token_id=pk)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+    token = or_404(services.revoke_token, actor=_me(request), token_id=pk)
     messages.success(request, f"Token {token.prefix}… ({token.name or 'no name'}) of "
                               f"{token.user.get_username()} revoked.")
     return redirect("token-list")
@@ -90,34 +87,26 @@ def user_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @admin_required
+@refusals_flashed("user-list", not_found_404=True)
 def user_role(request: HttpRequest, pk: int) -> HttpResponse:
     form = RoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose viewer, operator or admin.")
         return redirect("user-list")
-    try:
-        user = services.change_role(actor=_me(request), user_id=pk,
-                                    role=Role(form.cleaned_data["role"]))
-        messages.success(request, f"{user.get_username()} is now {form.cleaned_data['role']}.")
-    except NotFound as exc:
-        raise Http404(exc.message) from None
-    except HQError as exc:
-        messages.error(request, exc.message)
+    user = services.change_role(actor=_me(request), user_id=pk,
+                                role=Role(form.cleaned_data["role"]))
+    messages.success(request, f"{user.get_username()} is now {form.cleaned_data['role']}.")
     return redirect("user-list")
 
 
 @require_POST
 @admin_required
+@refusals_flashed("user-list", not_found_404=True)
 def user_active(request: HttpRequest, pk: int) -> HttpResponse:
     active = request.POST.get("active") == "1"
-    try:
-        user = services.set_active(actor=_me(request), user_id=pk, active=active)
-        state = "reactivated" if active else "deactivated: their sessions and tokens stop working"
-        messages.success(request, f"{user.get_username()} {state}.")
-    except NotFound as exc:
-        raise Http404(exc.message) from None
-    except HQError as exc:
-        messages.error(request, exc.message)
+    user = services.set_active(actor=_me(request), user_id=pk, active=active)
+    state = "reactivated" if active else "deactivated: their sessions and tokens stop working"
+    messages.success(request, f"{user.get_username()} {state}.")
     return redirect("user-list")
 
 

@@ -11,15 +11,24 @@ from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from hq.errors import HQError, InvalidInput, NotFound
+from hq.errors import HQError, InvalidInput
 from hq.models import Role
 from hq.roles import has_role
-from hq.web import HtmxHttpRequest, is_fragment, render_page, role_required, viewer_required
+from hq.web import (
+    HtmxHttpRequest,
+    form_errors,
+    is_fragment,
+    or_404,
+    refusals_flashed,
+    render_page,
+    role_required,
+    viewer_required,
+)
 
 from . import bulk, restored, services
 from .forms import SubmitJobForm
@@ -75,10 +84,7 @@ def _has_filters(params: Mapping[str, str]) -> bool:
 
 @viewer_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        job = get_job(pk)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+    job = or_404(get_job, pk)
     context = {"job": job, "events": list(job_events(job)),
                "withheld": withheld(job.function, request.user),
                "retries": list(Job.objects.filter(retry_of=job.pk).order_by("id")
@@ -103,31 +109,21 @@ def _in_a_chain(job: Job) -> bool:
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
+@refusals_flashed("job-detail", url_kwargs=("pk",), not_found_404=True)
 def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
     key = request.POST.get("action_key", "")[:64]
-    try:
-        job = services.retry(job_id=pk, user=request.user, via="ui",
-                             idempotency_key=f"ui-retry:{key}" if key else "")
-    except HQError as exc:
-        if isinstance(exc, NotFound):
-            raise Http404(exc.message) from None
-        messages.error(request, exc.message)
-        return redirect("job-detail", pk=pk)
+    job = services.retry(job_id=pk, user=request.user, via="ui",
+                         idempotency_key=f"ui-retry:{key}" if key else "")
     messages.success(request, f"Retried job #{pk} as job #{job.pk}.")
     return redirect("job-detail", pk=job.pk)
 
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
+@refusals_flashed("job-detail", url_kwargs=("pk",), not_found_404=True)
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        services.cancel(job_id=pk, user=request.user, via="ui")
-    except HQError as exc:
-        if isinstance(exc, NotFound):
-            raise Http404(exc.message) from None
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Job #{pk} is cancelled.")
+    services.cancel(job_id=pk, user=request.user, via="ui")
+    messages.success(request, f"Job #{pk} is cancelled.")
     return redirect("job-detail", pk=pk)
 
 
@@ -147,11 +143,7 @@ def job_submit(request: HttpRequest) -> HttpResponse:
                     idempotency_key=f"ui-submit:{request.POST.get('action_key', '')[:64]}"
                     if request.POST.get("action_key") else "")
             except HQError as exc:
-                form.add_error(None, exc.message)
-                for field, errors in (exc.fields or {}).items():
-                    if field in form.fields:
-                        for error in errors:
-                            form.add_error(field, error)
+                form_errors(form, exc)
                 status = exc.status
             else:
                 job = done.job
@@ -191,24 +183,17 @@ def bulk_confirm(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @role_required(Role.OPERATOR, OPERATORS_ONLY)
+@refusals_flashed("job-list")
 def bulk_start(request: HttpRequest) -> HttpResponse:
-    filters = _filters(request.POST)
-    try:
-        action, _ = bulk.start(action=request.POST.get("action", ""), filter=filters,
-                               user=request.user, via="ui")
-    except HQError as exc:
-        messages.error(request, exc.message)
-        return redirect("job-list")
+    action, _ = bulk.start(action=request.POST.get("action", ""),
+                           filter=_filters(request.POST), user=request.user, via="ui")
     assert action is not None
     return redirect("bulk-detail", pk=action.pk)
 
 
 @viewer_required
 def bulk_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    try:
-        action = bulk.get(pk)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+    action = or_404(bulk.get, pk)
     context = {"bulk": action, "question": bulk.describe(action.action, action.total,
                                                          action.filter).rstrip("?"),
                "percent": (100 * (action.done + action.failed) // action.total)
