@@ -39,7 +39,6 @@ from django.utils import timezone
 from broker.client import ServerAddress
 from hq import audit
 from hq.errors import HQError, InvalidInput, NotFound, Unavailable
-from hq.models import AuditEntry
 
 from . import services
 from .fold import split_bytes
@@ -241,7 +240,7 @@ def _retry_chunk(bulk: BulkAction, ids: list[int]) -> _Outcome:
     originals = {job.pk: job for job in Job.objects.select_for_update(of=("self",))
                  .filter(pk__in=ids).order_by("id")}
     rows: list[Job] = []
-    audits: list[AuditEntry] = []
+    audits: list[tuple[str, dict[str, Any]]] = []  # (target, detail): one INSERT at the end
     servers: dict[ServerAddress, Server] = {}
     for job_id in ids:
         if keys[job_id] in made:  # retried before a crash: found, not made again
@@ -252,9 +251,9 @@ def _retry_chunk(bulk: BulkAction, ids: list[int]) -> _Outcome:
                   _refusal(original))
         if reason or original is None:
             outcome.refused(job_id, reason)
-            audits.append(_audit(bulk, "retry", f"job {job_id}",
-                                 {"result": "refused", "code": "conflict" if original
-                                  else "not_found", "reason": reason}))
+            audits.append((f"job {job_id}",
+                           {"result": "refused", "code": "conflict" if original
+                            else "not_found", "reason": reason}))
             continue
         payload = original.payload
         data = payload.encode() if isinstance(payload, str) else (payload or b"")
@@ -278,24 +277,17 @@ def _retry_chunk(bulk: BulkAction, ids: list[int]) -> _Outcome:
                         payload_size=len(data)))
         outcome.ok(job_id)
     Job.objects.bulk_create(rows)
-    audits.extend(_audit(bulk, "retry", f"job {job.pk}",
-                         {"result": "ok", "function": job.function, "handle": job.handle,
-                          "server": job.server.name, "retry_of": job.retry_of_id})
+    audits.extend((f"job {job.pk}",
+                   {"result": "ok", "function": job.function, "handle": job.handle,
+                    "server": job.server.name, "retry_of": job.retry_of_id})
                   for job in rows)
-    AuditEntry.objects.bulk_create(audits)
+    audit.record_many(user=bulk.user, via=bulk.via, action="retry", rows=audits)
     return outcome
 
 
 def _refusal(original: Job) -> str:
     reason = original.retry_refusal(redacted=is_redacted(original.function))
     return f"Job {original.pk} cannot be retried: {reason}." if reason else ""
-
-
-def _audit(bulk: BulkAction, action: str, target: str, detail: dict[str, Any]) -> AuditEntry:
-    """The audit row ``hq.audit.record`` writes, built for a batch insert."""
-    user = bulk.user
-    return AuditEntry(user=user, username=user.get_username() if user else "", via=bulk.via,
-                      action=action, target=target, detail=detail)
 
 
 def advance(*, now: datetime | None = None, max_s: float = 5.0) -> int:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
@@ -32,8 +33,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from broker.client import ServerAddress
+from hq import audit
 from hq.errors import Unavailable
-from hq.models import AuditEntry
 
 from . import bulk, services
 from .models import Job, Server, State
@@ -93,7 +94,8 @@ def submit_batch_due(*, now: datetime, limit: int = BATCH) -> Batch:
             sent.append(job)
         if sent:
             _record_submitted(sent)
-            AuditEntry.objects.bulk_create([_audit_submitted(job) for job in sent])
+            audit.record_many(user=None, via="system", action="submit_scheduled",
+                              rows=[(f"job {job.pk}", _submitted(job)) for job in sent])
     return Batch(sent, down)
 
 
@@ -111,15 +113,11 @@ def _record_submitted(jobs: list[Job]) -> None:
              [j.handle for j in jobs], [j.submitted_at for j in jobs]])
 
 
-def _audit_submitted(job: Job) -> AuditEntry:
-    """The audit row ``hq.audit.record`` would write for one scheduled submit (the batch
-    writes them with one statement)."""
+def _submitted(job: Job) -> dict[str, Any]:
+    """The audit detail of one scheduled submit."""
     late = job.late_by or timedelta(0)
-    return AuditEntry(user=None, username="", via="system", action="submit_scheduled",
-                      target=f"job {job.pk}",
-                      detail={"result": "ok", "handle": job.handle,
-                              "server": job.server.name,
-                              "late_s": round(late.total_seconds(), 3)})
+    return {"result": "ok", "handle": job.handle, "server": job.server.name,
+            "late_s": round(late.total_seconds(), 3)}
 
 
 def submit_one_due(*, now: datetime) -> Job | None:
