@@ -41,7 +41,7 @@ from hq import audit
 from hq.errors import HQError, InvalidInput, NotFound, Unavailable
 
 from . import services
-from .fold import split_bytes
+from .fold import payload_bytes, split_bytes
 from .models import BulkAction, Job, Server, State
 from .redaction import is_redacted
 from .selectors import FILTERS, filter_values, search_jobs
@@ -255,8 +255,7 @@ def _retry_chunk(bulk: BulkAction, ids: list[int]) -> _Outcome:
                            {"result": "refused", "code": "conflict" if original
                             else "not_found", "reason": reason}))
             continue
-        payload = original.payload
-        data = payload.encode() if isinstance(payload, str) else (payload or b"")
+        data = payload_bytes(original.payload)
         priority = original.priority or "normal"
         try:
             conn, handle = services.send(original.function, data, unique=original.unique,

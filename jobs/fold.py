@@ -104,6 +104,11 @@ def split_bytes(raw: bytes | None, cut: bool = False) -> tuple[str | None, bytes
     return text, None
 
 
+def payload_bytes(payload: bytes | str | None) -> bytes:
+    """A stored payload (``Job.payload``: text, bytes or none) as the bytes to submit again."""
+    return payload.encode() if isinstance(payload, str) else (payload or b"")
+
+
 def fold(rows: list[EventRow]) -> list[Delta]:
     """One delta per (boot, handle), applying the rows in order."""
     deltas: dict[tuple[str, str], Delta] = {}

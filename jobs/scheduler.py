@@ -37,6 +37,7 @@ from hq import audit
 from hq.errors import Unavailable
 
 from . import bulk, services
+from .fold import payload_bytes
 from .models import Job, Server, State
 from .schedules.ticks import fire_one_due
 
@@ -76,8 +77,7 @@ def submit_batch_due(*, now: datetime, limit: int = BATCH) -> Batch:
         down = ""
         servers: dict[ServerAddress, Server] = {}
         for job in claimed:
-            payload = job.payload
-            data = payload.encode() if isinstance(payload, str) else (payload or b"")
+            data = payload_bytes(job.payload)
             try:
                 conn, handle = services.send(job.function, data, unique=job.unique,
                                              priority=job.priority or "normal",

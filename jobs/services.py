@@ -74,7 +74,7 @@ from broker.limits import FUNCTION_MAX, UNIQUE_MAX
 from hq import audit
 from hq.errors import Conflict, HQError, InvalidInput, NotFound, Unavailable
 
-from .fold import split_bytes
+from .fold import payload_bytes, split_bytes
 from .models import Job, Schedule, ScheduleRun, Server, State
 from .redaction import is_redacted
 
@@ -304,12 +304,7 @@ def retry(*, job_id: int, user: User, via: str, idempotency_key: str = "",
             return earlier
     try:
         with transaction.atomic():
-            original = _locked(job_id)
-            reason = original.retry_refusal(redacted=is_redacted(original.function))
-            if reason:
-                raise Conflict(f"Job {job_id} cannot be retried: {reason}.")
-            payload = original.payload
-            data = payload.encode() if isinstance(payload, str) else (payload or b"")
+            original, data = _retryable(job_id)
             job, conn = submit_recorded(
                 function=original.function, payload=data, unique=original.unique,
                 priority=original.priority or "normal", background=True, user=user, via=via,
@@ -338,12 +333,7 @@ def schedule_retry(*, job_id: int, run_at: datetime, key: str, user: User, via: 
     earlier = Job.objects.filter(action_key=key).first()
     if earlier is not None:
         return earlier
-    original = _locked(job_id)
-    reason = original.retry_refusal(redacted=is_redacted(original.function))
-    if reason:
-        raise Conflict(f"Job {job_id} cannot be retried: {reason}.")
-    payload = original.payload
-    data = payload.encode() if isinstance(payload, str) else (payload or b"")
+    original, data = _retryable(job_id)
     with transaction.atomic():
         job = Job.objects.create(
             server=original.server, boot=None, handle="", function=original.function,
@@ -378,6 +368,16 @@ def discard(*, job_id: int, user: User, via: str) -> Job:
                              reason=exc.message, code=exc.code)
         raise
     return job
+
+
+def _retryable(job_id: int) -> tuple[Job, bytes]:
+    """The job ``job_id`` locked, and the bytes to submit again; a Conflict when it cannot
+    be retried (``Job.retry_refusal``)."""
+    original = _locked(job_id)
+    reason = original.retry_refusal(redacted=is_redacted(original.function))
+    if reason:
+        raise Conflict(f"Job {job_id} cannot be retried: {reason}.")
+    return original, payload_bytes(original.payload)
 
 
 def _locked(job_id: int) -> Job:

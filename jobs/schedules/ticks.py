@@ -18,6 +18,7 @@ from django.utils import timezone
 from hq import audit
 
 from .. import services
+from ..fold import payload_bytes
 from ..models import Job, Schedule, ScheduleRun, State
 from .services import next_tick
 
@@ -63,8 +64,7 @@ def _overlap(schedule: Schedule) -> str:
 
 
 def _submit(schedule: Schedule, tick: datetime, now: datetime) -> Job:
-    payload = schedule.payload
-    data = payload.encode() if isinstance(payload, str) else (payload or b"")
+    data = payload_bytes(schedule.payload)
     # a unique key per tick unless the schedule has its own: a submit repeated after a
     # crash attaches to the job gearmand holds instead of running the tick twice
     unique = schedule.unique or f"hq-s{schedule.pk}-{tick.astimezone(UTC):%Y%m%dT%H%M%S}"
