@@ -263,15 +263,17 @@ class IngestBatch(models.Model):
 
 
 class SearchText(models.Func):
-    """The text the search box matches (``q``): handle, unique, function and the first
-    4 KiB of the payload, in one expression served by one trigram index (migration
-    0002), so a job row pays one GIN update instead of four."""
+    """The text the search box matches (``q``) in part: function, unique key (unless it is
+    a UUID) and the first 512 characters of the payload, in one expression served by one
+    trigram index (migration 0013), so a job row pays one GIN update instead of three.
+    Handles and UUID unique keys are matched whole, by their btree indexes
+    (jobs/selectors.py): in the trigram index they were most of its cost per job."""
 
     function = "hq_job_search_text"
     output_field = models.TextField()
 
     def __init__(self) -> None:
-        super().__init__("handle", "unique", "function", "payload_text")
+        super().__init__("unique", "function", "payload_text")
 
 
 class JobEvent(models.Model):

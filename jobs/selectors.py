@@ -104,8 +104,9 @@ def prepared_search(params: Mapping[str, object], *, payload_search: bool = True
 def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) -> QuerySet[Job]:
     """Jobs matching the filters in ``params`` (the REST/UI query string), newest first.
 
-    ``q`` is the one search box: a handle, unique key, function name or any text in the
-    payload (case-insensitive substring, served by trigram indexes). Without
+    ``q`` is the one search box: a whole handle, a unique key (a UUID one whole), any part
+    of a function name or of the payload's first 512 characters (case-insensitive
+    substring, served by one trigram index; see ``SearchText``). Without
     ``payload_search`` (a viewer who may not see payloads) it does not look in payloads,
     so it cannot be used to guess them.
     """
@@ -154,7 +155,9 @@ def search_jobs(params: Mapping[str, object], *, payload_search: bool = True) ->
 def _text_match(text: str) -> Q:
     if len(text) < 3:  # too short for a trigram index: exact matches only
         return Q(handle=text) | Q(unique=text) | Q(function=text)
-    return Q(search_text__ilike=like_pattern(text))
+    # the trigram text leaves out handles and UUID unique keys (models.SearchText): those
+    # match whole, through their btree indexes
+    return Q(search_text__ilike=like_pattern(text)) | Q(handle=text) | Q(unique=text)
 
 
 def _name_match(text: str) -> Q:
