@@ -6,7 +6,11 @@ class HqConfig(AppConfig):
     verbose_name = "Gearman HQ"
 
     def ready(self) -> None:
-        from . import schema  # noqa: F401  registers the OpenAPI description of our tokens
-        from .auth import connect_forgetting
+        from django.apps import apps
 
-        connect_forgetting()
+        if apps.is_installed("drf_spectacular"):  # not in a tap (hq.tap.settings)
+            from . import schema  # noqa: F401  registers the OpenAPI description of tokens
+        if apps.is_installed("rest_framework"):  # tokens are the API's (not in a tap)
+            from .auth import connect_forgetting
+
+            connect_forgetting()

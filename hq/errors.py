@@ -1,7 +1,9 @@
 """One error family for the whole app and the single place it becomes JSON.
 
-Services raise :class:`HQError` subclasses; the DRF exception handler below turns those and
-DRF's own errors into ``{"error": {"code", "message", "fields"?}}`` with a proper status.
+Services raise :class:`HQError` subclasses; the REST framework's exception handler
+(``hq/api_errors.py``) turns those and DRF's own errors into
+``{"error": {"code", "message", "fields"?}}`` with a proper status. This module imports no
+REST framework: the taps and Celery use the family too.
 
 A database that does not answer (:func:`db_unavailable`: the pool had no free connection
 within ``HQ_DB_POOL_TIMEOUT_S``, Postgres refused a new client, is down or dropped the
@@ -12,16 +14,10 @@ over its rate limit a 429 ``rate_limited`` with ``Retry-After``. Outside DRF vie
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError, InterfaceError, OperationalError
-from django.http import Http404
-from rest_framework import exceptions, status
-from rest_framework.response import Response
+from django.db import InterfaceError, OperationalError
 
 
 class HQError(Exception):
@@ -81,49 +77,3 @@ def db_unavailable(exc: BaseException) -> bool:
 
 def db_retry_after() -> str:
     return str(max(int(getattr(settings, "HQ_DB_RETRY_AFTER_S", 5)), 1))
-
-
-def _flatten(detail: Any) -> dict[str, list[str]]:
-    if isinstance(detail, dict):
-        return {
-            str(k): [str(x) for x in (v if isinstance(v, list) else [v])]
-            for k, v in detail.items()
-        }
-    items = detail if isinstance(detail, list) else [detail]
-    return {"non_field_errors": [str(x) for x in items]}
-
-
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, HQError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
-    if db_unavailable(exc):
-        return Response(error_body("unavailable", UNAVAILABLE), status=503,
-                        headers={"Retry-After": db_retry_after()})
-    if isinstance(exc, exceptions.Throttled):
-        wait = max(math.ceil(getattr(exc, "wait", None) or 1), 1)
-        return Response(error_body("rate_limited", f"Too many requests: try again in {wait} s."),
-                        status=429, headers={"Retry-After": str(wait)})
-    if isinstance(exc, Http404):
-        return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
-    if isinstance(exc, DjangoValidationError | DataError):
-        # a value a view passed on unchecked (the checks belong in the selectors; this is
-        # the net under them): still the client's mistake, never a 500
-        return Response(error_body("invalid", "A value in the request is not valid here."),
-                        status=400)
-    if isinstance(exc, PermissionDenied):
-        exc = exceptions.PermissionDenied(str(exc) or None)
-    if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        first = next(iter(fields.items()))
-        message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
-        return Response(error_body("invalid", message, fields), status=400)
-    if isinstance(exc, exceptions.APIException):
-        headers = {}
-        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-            headers["WWW-Authenticate"] = 'Bearer realm="api"'
-            code, status_code = "unauthenticated", 401
-        else:
-            code, status_code = str(exc.default_code), exc.status_code
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return Response(error_body(code, str(detail)), status=status_code, headers=headers)
-    return None

@@ -178,7 +178,7 @@ REST_FRAMEWORK = {
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "hq.negotiation.PlainJSONFirst",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["hq.throttles.TokenRateThrottle"],
-    "EXCEPTION_HANDLER": "hq.errors.exception_handler",
+    "EXCEPTION_HANDLER": "hq.api_errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
     "UNAUTHENTICATED_USER": None,
 }

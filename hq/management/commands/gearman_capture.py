@@ -22,6 +22,9 @@ QUIET_S = 1.5
 
 class Command(BaseCommand):
     help = "Record every job of a gearmand by capturing its traffic (needs root or CAP_NET_RAW)."
+    # a long-running recorder: Django's system checks import every URL, view and the REST
+    # framework (~20 MB a tap keeps for ever); `manage.py check` and migrate run them
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--interface", default="lo", help="interface to capture on")

@@ -18,6 +18,9 @@ from hq.tap.threads import EXIT_THREAD_DIED, ThreadWatch
 
 class Command(BaseCommand):
     help = "Proxy Gearman traffic to gearmand and record every job (for hosts without capture)."
+    # a long-running recorder: Django's system checks import every URL, view and the REST
+    # framework (~20 MB a tap keeps for ever); `manage.py check` and migrate run them
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--listen", default="127.0.0.1:4730", help="HOST:PORT for clients")
