@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import live
+from .seldom import SeldomWarning
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,7 @@ _counters = {
     "slow_dropped": 0,    # clients closed for falling QUEUE_MAX messages behind
     "send_failed": 0,     # writes that failed (the client went away meanwhile)
 }
-_last_warning = [0.0]
-
-
-def _warn(msg: str, *args: object) -> None:
-    now = time.monotonic()
-    if now - _last_warning[0] >= 30:
-        _last_warning[0] = now
-        log.warning(msg, *args)
+_warn = SeldomWarning(log)
 
 
 class Outlet:

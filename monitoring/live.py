@@ -56,6 +56,8 @@ import redis
 from django.conf import settings
 from redis.connection import parse_url
 
+from .seldom import SeldomWarning
+
 log = logging.getLogger(__name__)
 
 #: the stream's name (part of its Redis pub/sub channel, :func:`channel`)
@@ -332,14 +334,7 @@ def _job_fields(row: Mapping[str, Any]) -> dict[str, Any]:
 # -- the publisher thread -------------------------------------------------------------------
 
 _counters = {"published": 0, "errors": 0, "dropped": 0, "job_changes": 0}
-_last_warning = [0.0]
-
-
-def _warn(msg: str, *args: object) -> None:
-    now = time.monotonic()
-    if now - _last_warning[0] >= 30:
-        _last_warning[0] = now
-        log.warning(msg, *args)
+_warn = SeldomWarning(log)
 
 
 class _Publisher:

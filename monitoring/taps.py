@@ -17,6 +17,7 @@ from django.conf import settings
 from jobs.tap_health import TapHealth, assess
 
 from . import live
+from .seldom import SeldomWarning
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,8 @@ log = logging.getLogger(__name__)
 TAP_KEY = "hq:tap:{server}"
 TAP_KEY_TTL_S = 86400
 WARN_EVERY_S = 30.0
-_last_warning = [0.0]
-
-
-def _warn(msg: str, *args: object) -> None:
-    """A tap must never stop for Redis: say so, at most every WARN_EVERY_S seconds."""
-    now = time.monotonic()
-    if now - _last_warning[0] >= WARN_EVERY_S:
-        _last_warning[0] = now
-        log.warning(msg, *args)
+#: a tap must never stop for Redis: it says so, at most every WARN_EVERY_S seconds
+_warn = SeldomWarning(log, WARN_EVERY_S)
 
 
 def tap_stats_to_redis(server: str, stats: Mapping[str, Any]) -> None:
