@@ -30,6 +30,7 @@ from broker.tap import TapSink, make_tap
 from jobs.ingest import EventWriter, conninfo_from_settings
 from monitoring import live, taps
 
+from . import memory
 from .threads import ThreadWatch
 from .workers import WorkerSync
 
@@ -95,6 +96,7 @@ class TapRunner:
 
     def start(self) -> None:
         gcpolicy.for_hot_loop()
+        memory.limit_arenas()
         self.watch.install()
         self.writer.start()
         self.watch.watch(self.writer.thread)
@@ -223,10 +225,18 @@ class TapRunner:
     def _reconcile(self) -> None:
         """Record ``lost`` the open jobs gearmand's last list shows to have ended unseen,
         once everything captured before the list was taken has been written."""
-        from jobs.reconcile import NOT_RECORDED, caught_up, unheld_jobs, unrecorded
-
         if self._held is None:
             return
+        try:
+            self._reconcile_held()
+        finally:
+            if self._held is None:  # the list is done with: give its pages back
+                memory.trim()
+
+    def _reconcile_held(self) -> None:
+        from jobs.reconcile import NOT_RECORDED, caught_up, unheld_jobs, unrecorded
+
+        assert self._held is not None
         listed_at, held, boot = self._held
         if time.time() < listed_at + RECONCILE_SETTLE_S:
             return
