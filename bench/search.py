@@ -6,7 +6,8 @@ every function; then times the queries the UI and API run, through the real sele
 
 - find by handle (the search box / ``?handle=``), first page
 - a filtered list (function + state), first page
-- ``q`` payload text search (trigram index), first page
+- ``q`` payload text search (trigram index), first page; ``q`` with a whole handle, a
+  unique key, and text no job has (each first page)
 - the 24 h queue chart (``queue_stats`` from rollups)
 - ``/api/v1/queues/`` with 200 functions (``queues()``)
 
@@ -144,6 +145,12 @@ def main() -> None:
             {"function": f"fn_{rng.randrange(FUNCTIONS)}", "state": "failed"})[:50]), 100),
         ("q: payload text (order number)", lambda i: list(search_jobs(
             {"q": f"{1000000 + rng.randint(1, total)}"})[:50]), 100),
+        ("q: a whole handle", lambda i: list(search_jobs(
+            {"q": f"H:bench:{rng.randint(1, total)}"})[:50]), 100),
+        ("q: a unique key", lambda i: list(search_jobs(
+            {"q": f"u-{rng.randint(1, total)}"})[:50]), 100),
+        ("q: text nothing has", lambda i: list(search_jobs(
+            {"q": f"nothing-{rng.randint(1, total)}"})[:50]), 100),
         ("24 h queue chart from rollups", lambda i: selectors.queue_stats(
             f"fn_{rng.randrange(FUNCTIONS)}", 86400, 900), 50),
         ("/api/v1/queues/ rows, 200 functions", lambda i: selectors.queues(), 100),
