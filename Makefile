@@ -48,10 +48,14 @@ venv-dev: $(STAMP_DEV)
 # Each level re-installs only when pyproject.toml is newer than its stamp. A dev install
 # touches both stamps ('.[dev]' includes the runtime dependencies), so make run after
 # make test installs nothing; make test after make run adds the dev extras.
-$(STAMP_RUN): pyproject.toml
+# The install also compiles the tap's per-packet broker modules (setup.py, mypyc), so an
+# edit to broker/ installs again too: until then those modules run as pure Python.
+HOT_SRC := setup.py $(wildcard broker/*.py)
+
+$(STAMP_RUN): pyproject.toml $(HOT_SRC)
 	@bash scripts/bootstrap.sh venv run
 
-$(STAMP_DEV): pyproject.toml
+$(STAMP_DEV): pyproject.toml $(HOT_SRC)
 	@bash scripts/bootstrap.sh venv dev
 
 # Front-end libraries from the npm registry, copied into static/vendor/ (not committed).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .adminwatch import AdminWatch
 from .limits import CONN_MAX
@@ -45,6 +45,10 @@ class Event:
     data: bytes | None = None
     size: int = 0
     detail: str = ""
+
+    def __reduce__(self) -> tuple[type[Event], tuple[object, ...]]:
+        # the same pickle from the compiled build (broker/compiled.py) as from this one
+        return Event, tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(slots=True)

@@ -14,49 +14,49 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html).
-LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
-LINKTYPE_ETHERNET = 1  # DLT_EN10MB; also Linux "lo"
-LINKTYPE_RAW_ALT = 12  # DLT_RAW as some systems number it
-LINKTYPE_RAW = 101  # bare IPv4/IPv6
-LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte address family, network byte order
-LINKTYPE_LINUX_SLL = 113  # Linux "any" (cooked v1)
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276  # Linux "any" with newer libpcap (cooked v2)
+LINKTYPE_NULL: Final = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
+LINKTYPE_ETHERNET: Final = 1  # DLT_EN10MB; also Linux "lo"
+LINKTYPE_RAW_ALT: Final = 12  # DLT_RAW as some systems number it
+LINKTYPE_RAW: Final = 101  # bare IPv4/IPv6
+LINKTYPE_LOOP: Final = 108  # OpenBSD loopback: 4-byte address family, network byte order
+LINKTYPE_LINUX_SLL: Final = 113  # Linux "any" (cooked v1)
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+LINKTYPE_LINUX_SLL2: Final = 276  # Linux "any" with newer libpcap (cooked v2)
 
-TH_FIN = 0x01
-TH_SYN = 0x02
-TH_RST = 0x04
-TH_PSH = 0x08
-TH_ACK = 0x10
+TH_FIN: Final = 0x01
+TH_SYN: Final = 0x02
+TH_RST: Final = 0x04
+TH_PSH: Final = 0x08
+TH_ACK: Final = 0x10
 
-_MAGIC_US = 0xA1B2C3D4
-_MAGIC_NS = 0xA1B23C4D
+_MAGIC_US: Final = 0xA1B2C3D4
+_MAGIC_NS: Final = 0xA1B23C4D
 # A record bigger than this is not a frame but a corrupt stream (libpcap's own bound).
-MAX_RECORD = 256 * 1024 * 1024
+MAX_RECORD: Final = 256 * 1024 * 1024
 
-_ETHERTYPE_IPV4 = 0x0800
-_ETHERTYPE_IPV6 = 0x86DD
-_ETHERTYPE_VLANS = frozenset({0x8100, 0x88A8, 0x9100})
-_IPPROTO_TCP = 6
+_ETHERTYPE_IPV4: Final = 0x0800
+_ETHERTYPE_IPV6: Final = 0x86DD
+_ETHERTYPE_VLANS: Final = frozenset({0x8100, 0x88A8, 0x9100})
+_IPPROTO_TCP: Final = 6
 # IPv6 extension headers we can step over: hop-by-hop, routing, destination options.
-_IPV6_EXT = frozenset({0, 43, 60})
-_IPV6_FRAGMENT = 44
-_IPV6_AH = 51
+_IPV6_EXT: Final = frozenset({0, 43, 60})
+_IPV6_FRAGMENT: Final = 44
+_IPV6_AH: Final = 51
 
-_U16 = struct.Struct("!H")
+_U16: Final = struct.Struct("!H")
 # Ethernet type + IPv4 header in one call: the common frame on "lo" and real NICs.
-_ETH_IP4 = struct.Struct("!12xHBxH2xHxB2x4s4s")
+_ETH_IP4: Final = struct.Struct("!12xHBxH2xHxB2x4s4s")
 # version/IHL, total length, flags/fragment offset, protocol, src, dst
-_IP4 = struct.Struct("!BxH2xHxB2x4s4s")
+_IP4: Final = struct.Struct("!BxH2xHxB2x4s4s")
 # payload length, next header, src, dst
-_IP6 = struct.Struct("!4xHBx16s16s")
+_IP6: Final = struct.Struct("!4xHBx16s16s")
 # sport, dport, seq, ack, data offset, flags
-_TCP = struct.Struct("!HHIIBB")
-_EXT = struct.Struct("!BB")
+_TCP: Final = struct.Struct("!HHIIBB")
+_EXT: Final = struct.Struct("!BB")
 
 Frame = bytes | bytearray | memoryview
 
@@ -92,7 +92,7 @@ class TcpSegment(NamedTuple):
         return bool(self.flags & TH_RST)
 
 
-_new_segment = tuple.__new__
+_new_segment: Final = tuple.__new__
 
 
 def make_segment(

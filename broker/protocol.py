@@ -14,13 +14,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 from .limits import MAX_PACKET
 
-REQ = b"\0REQ"
-RES = b"\0RES"
-HEADER = struct.Struct(">4sII")
-HEADER_SIZE = HEADER.size
+REQ: Final = b"\0REQ"
+RES: Final = b"\0RES"
+HEADER: Final = struct.Struct(">4sII")
+HEADER_SIZE: Final = HEADER.size
 
 #: A larger declared size is not Gearman (a packet is buffered whole until it is complete;
 #: the tap bounds all such buffers together, see broker.limits.PARSE_BUDGET).
@@ -78,7 +79,7 @@ T = PacketType
 #: How many NUL-separated arguments each packet type carries. The last argument is opaque
 #: data and may itself contain NULs. (WORK_STATUS is sent by workers and relayed to
 #: clients with the same shape.)
-ARG_COUNT: dict[int, int] = {
+ARG_COUNT: Final[dict[int, int]] = {
     T.CAN_DO: 1, T.CANT_DO: 1, T.RESET_ABILITIES: 0, T.PRE_SLEEP: 0, T.NOOP: 0,
     T.SUBMIT_JOB: 3, T.JOB_CREATED: 1, T.GRAB_JOB: 0, T.NO_JOB: 0, T.JOB_ASSIGN: 3,
     T.WORK_STATUS: 3, T.WORK_COMPLETE: 2, T.WORK_FAIL: 1, T.GET_STATUS: 1,
@@ -92,7 +93,7 @@ ARG_COUNT: dict[int, int] = {
     T.STATUS_RES_UNIQUE: 6,
 }
 
-SUBMIT_TYPES = frozenset({
+SUBMIT_TYPES: Final = frozenset({
     T.SUBMIT_JOB, T.SUBMIT_JOB_BG, T.SUBMIT_JOB_HIGH, T.SUBMIT_JOB_HIGH_BG,
     T.SUBMIT_JOB_LOW, T.SUBMIT_JOB_LOW_BG, T.SUBMIT_JOB_SCHED, T.SUBMIT_JOB_EPOCH,
     T.SUBMIT_REDUCE_JOB, T.SUBMIT_REDUCE_JOB_BACKGROUND,

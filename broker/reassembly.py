@@ -13,6 +13,7 @@ gives the same events as watching it live. No I/O.
 from __future__ import annotations
 
 import heapq
+from typing import Final
 
 from broker.limits import REASSEMBLY_BUDGET, UNPROVEN_TIMEOUT
 from broker.pcap import TH_ACK, TH_FIN, TH_RST, TH_SYN, TcpSegment
@@ -22,7 +23,7 @@ from broker.tcpflow import MASK, Flow, FlowKey, Half, RecentKeys, proven, seq_de
 
 __all__ = ["STATS", "TcpReassembler", "seq_delta"]
 
-_CONTROL = TH_SYN | TH_FIN | TH_RST
+_CONTROL: Final = TH_SYN | TH_FIN | TH_RST
 
 #: The counters :meth:`TcpReassembler.stats` reports, in order.
 STATS = (

@@ -4,11 +4,12 @@ it: a :class:`Flow` of two :class:`Half` directions, and 32-bit sequence arithme
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Final
 
 from broker.stream import ConnKey
 
-MASK = 0xFFFFFFFF
-_HALF = 0x80000000
+MASK: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000
 
 FlowKey = tuple[bytes, int, bytes]  # peer address, peer port, server address (packed)
 

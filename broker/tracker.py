@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from sys import intern
+from typing import Final
 
 from .adminwatch import looks_like_reply
 from .boots import BootTracking, handle_number
@@ -58,7 +59,7 @@ __all__ = ["COUNTERS", "Event", "Tracker", "handle_number"]
 
 T = PacketType
 
-PRIORITY: dict[int, tuple[str, bool]] = {
+PRIORITY: Final[dict[int, tuple[str, bool]]] = {
     T.SUBMIT_JOB: ("normal", False),
     T.SUBMIT_JOB_BG: ("normal", True),
     T.SUBMIT_JOB_HIGH: ("high", False),
@@ -70,17 +71,19 @@ PRIORITY: dict[int, tuple[str, bool]] = {
     T.SUBMIT_REDUCE_JOB: ("normal", False),
     T.SUBMIT_REDUCE_JOB_BACKGROUND: ("normal", True),
 }
-ASSIGN_TYPES = frozenset({T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL})
-FINISH_KIND: dict[int, str] = {
+ASSIGN_TYPES: Final = frozenset({T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL})
+FINISH_KIND: Final[dict[int, str]] = {
     T.WORK_COMPLETE: "completed", T.WORK_FAIL: "failed", T.WORK_EXCEPTION: "exception",
 }
-PROGRESS_KIND: dict[int, str] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
+PROGRESS_KIND: Final[dict[int, str]] = {T.WORK_DATA: "data", T.WORK_WARNING: "warning"}
 # Plain ints for the comparisons on every packet: reading an IntEnum member off its class
 # goes through a Python-level descriptor (enum's property) each time.
-_WORK_STATUS, _SET_CLIENT_ID, _JOB_CREATED = int(T.WORK_STATUS), int(T.SET_CLIENT_ID), int(
-    T.JOB_CREATED)
-_ERROR, _SUBMIT_JOB_EPOCH, _JOB_ASSIGN = int(T.ERROR), int(T.SUBMIT_JOB_EPOCH), int(
-    T.JOB_ASSIGN)
+_WORK_STATUS: Final = int(T.WORK_STATUS)
+_SET_CLIENT_ID: Final = int(T.SET_CLIENT_ID)
+_JOB_CREATED: Final = int(T.JOB_CREATED)
+_ERROR: Final = int(T.ERROR)
+_SUBMIT_JOB_EPOCH: Final = int(T.SUBMIT_JOB_EPOCH)
+_JOB_ASSIGN: Final = int(T.JOB_ASSIGN)
 
 #: The tracker's counters (the Cleaner adds values_cleaned, bad_numbers, bad_epochs).
 COUNTERS = (
@@ -308,14 +311,9 @@ class Tracker(BootTracking):
         if job is not None and job.submitted:
             self._emit("attached", handle, sub.ts, conn, background=sub.background)
             return
-        submitted: dict[str, object] = {
-            "function": sub.function, "unique": sub.unique, "priority": sub.priority,
-            "background": sub.background, "epoch": sub.epoch, "data": sub.payload,
-            "size": sub.size, "detail": sub.note,
-        }
         if job is None and handle in self._finished:
             # the job ran and ended before its JOB_CREATED was on the wire (a fast worker)
-            self._emit("submitted", handle, sub.ts, conn, **submitted)
+            self._submitted(conn, handle, sub)
             return
         if job is None:
             # gearmand may hand the job to a worker before this JOB_CREATED is on the
@@ -326,7 +324,14 @@ class Tracker(BootTracking):
         if not sub.background:
             job.add_waiter(conn.key)
             conn.waiting.add(handle)
-        self._emit("submitted", handle, sub.ts, conn, **submitted)
+        self._submitted(conn, handle, sub)
+
+    def _submitted(self, conn: Conn, handle: str, sub: Submit) -> None:
+        # keywords spelled out rather than a ** dict: a compiled build (mypyc) then calls
+        # _emit natively instead of through its Python wrapper
+        self._emit("submitted", handle, sub.ts, conn, function=sub.function,
+                   unique=sub.unique, priority=sub.priority, background=sub.background,
+                   epoch=sub.epoch, data=sub.payload, size=sub.size, detail=sub.note)
 
     def _assigned(self, conn: Conn, pkt: Packet, ts: float) -> None:
         args = pkt.args

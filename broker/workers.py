@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from .jobstate import Conn
 from .limits import FUNCTION_MAX
@@ -30,7 +31,7 @@ from .values import Cleaner
 T = PacketType
 _CAN_DO, _CAN_DO_TIMEOUT, _CANT_DO = int(T.CAN_DO), int(T.CAN_DO_TIMEOUT), int(T.CANT_DO)
 #: the packets that change what a worker can do (the tracker routes only these here)
-ABILITY_TYPES = frozenset(int(t) for t in (T.CAN_DO, T.CAN_DO_TIMEOUT, T.CANT_DO,
+ABILITY_TYPES: Final = frozenset(int(t) for t in (T.CAN_DO, T.CAN_DO_TIMEOUT, T.CANT_DO,
                                            T.RESET_ABILITIES))
 #: functions kept per worker connection (gearmand has no limit; a page has)
 ABILITIES_MAX = 1000

@@ -208,7 +208,9 @@ cmd_venv() {
         reason="new virtualenv"
     fi
     say "pip install -e $shown ($what; $reason)"
+    # also compiles the tap's hot path with mypyc (setup.py); HQ_PURE_PYTHON=1 skips that
     "$HQ_PY" -m pip install -q -e "$spec"
+    note "capture hot path: $("$HQ_PY" -c 'from broker.compiled import status; print(status())' 2>&1 | tail -1)"
     # '.[dev]' includes the runtime dependencies: a dev install satisfies run too.
     touch "$HQ_VENV/.stamp-run"
     [ "$level" = dev ] && touch "$HQ_VENV/.stamp-dev"

@@ -24,7 +24,7 @@ from typing import Any, ParamSpec
 
 from django.conf import settings
 
-from broker import gcpolicy
+from broker import compiled, gcpolicy
 from broker.admin import AdminClient, AdminError, FunctionStatus, WorkerLine
 from broker.tap import TapSink, make_tap
 from jobs.ingest import EventWriter, conninfo_from_settings
@@ -104,8 +104,8 @@ class TapRunner:
         self.watch.spawn(self._log_stats, "hq-tap-stats")
         self.watch.spawn(self.workers.run, "hq-workers")
         threading.Thread(target=self._startup, name="hq-tap-startup", daemon=True).start()
-        log.info("tap for server %r watching gearmand %s:%d (pid %s)", self.server,
-                 *self.gearman, self.pid)
+        log.info("tap for server %r watching gearmand %s:%d (pid %s); hot path %s",
+                 self.server, *self.gearman, self.pid, compiled.status())
 
     def _startup(self) -> None:
         """The start-up work that needs Postgres (and gearmand's pid), retried with backoff
