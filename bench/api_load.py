@@ -220,9 +220,12 @@ def warm_up(base: str, tok: str) -> None:
         run_wrk(base + path, 4, 1, tok)
 
 
-def measure(base: str, clients: int, seconds: int, tok: str, pgid: int) -> list[Row]:
+def measure(base: str, clients: int, seconds: int, tok: str, pgid: int,
+            only: Sequence[str] = ()) -> list[Row]:
     rows = []
     for name, path in ENDPOINTS:
+        if only and not name.startswith("/healthz") and not any(o in name for o in only):
+            continue
         cpu = group_cpu_seconds(pgid)
         r = run_wrk(base + path, clients, seconds, tok)
         cpu = group_cpu_seconds(pgid) - cpu
@@ -258,6 +261,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, action="append",
                    help="concurrent keep-alive clients (repeatable; default 16 and 64)")
     p.add_argument("--seconds", type=int, default=10, help="per endpoint and client count")
+    p.add_argument("--only", action="append", default=[],
+                   help="only the endpoints whose name contains this (repeatable; the "
+                        "/healthz floor always runs), e.g. --only handle")
     return p.parse_args(argv)
 
 
@@ -280,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm_up(base, tok)
         for clients in args.clients or [16, 64]:
             with PeakConnections(args.database_url) as peak:
-                rows += measure(base, clients, args.seconds, tok, pgid)
+                rows += measure(base, clients, args.seconds, tok, pgid, args.only)
             full = " (and Postgres refused more: too many clients)" if peak.full else ""
             print(f"  Postgres connections during the {clients}-client runs: "
                   f"at most {peak.peak}{full}")

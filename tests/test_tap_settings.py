@@ -1,7 +1,8 @@
 """A tap process loads only the apps it uses (issue 13: the tap's memory). ``hq-tap`` runs
 with ``hq.tap.settings``: HQ's settings without the web's apps, so Daphne, Twisted,
-Channels, the REST framework and Celery are never imported, while every module the tap runs still imports and its models
-work (``tests/test_tap_cli.py`` records jobs through ``hq-tap`` end to end)."""
+Channels, the REST framework and Celery are never imported, while every module the tap runs
+still imports and its models work (``tests/test_tap_cli.py`` records jobs through ``hq-tap``
+end to end)."""
 
 from __future__ import annotations
 
