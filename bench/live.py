@@ -6,7 +6,8 @@ One run, on its own database (default `gearman_hq_bench_live`) and Redis db (`--
   child process) and 2 PHP workers (bench/php/worker.php), so every job is created, started
   and completed; `manage.py gearman_capture` taps gearmand's port → Postgres → the live
   publisher (coalesced, one message per server per HQ_LIVE_INTERVAL_MS) → Redis channel
-  layer → daphne → websocket clients of `/ws/live/?token=...` (a viewer token).
+  layer → the websocket server as make run starts it (``python -m hq.serve ws``: gunicorn
+  + uvicorn workers) → websocket clients of `/ws/live/?token=...` (a viewer token).
 
 Measured, all on CLOCK_MONOTONIC (shared by every process of the machine):
 
@@ -25,7 +26,7 @@ Measured, all on CLOCK_MONOTONIC (shared by every process of the machine):
                       while all of them wait for slow jobs, rather than skip those).
   baseline            `monitoring.live.publish()` called in this process → the same
                       unfiltered client: the transport floor (publisher thread, Redis
-                      channel layer, daphne) without capture and ingest; idle before the
+                      channel layer, websocket server) without capture and ingest; idle before the
                       load, and again during it.
 
     .venv/bin/python bench/live.py                 # 5,000 jobs/s for 20 s (~40 s)
@@ -497,14 +498,16 @@ def run(cfg: Config) -> Outcome:
             "--server",
             SERVER,
         ]
-        tap = procs.spawn("capture", tap_argv, env=env, cwd=PROJECT_DIR)
+        # the tap and the websocket server as make run starts them
+        tap = procs.spawn("capture", tap_argv, cwd=PROJECT_DIR,
+                          env={**env, "DJANGO_SETTINGS_MODULE": "hq.tap.settings"})
         wait_for_line(tap, "HQ capture ready", 60)
         web_port = free_port()
-        daphne = Path(sys.executable).parent / "daphne"
         web = procs.spawn(
-            "daphne",
-            [str(daphne), "-b", HOST, "-p", str(web_port), "hq.asgi:application"],
-            env=env,
+            "web-ws",
+            [sys.executable, "-m", "hq.serve", "ws", "--ws-bind", f"{HOST}:{web_port}"],
+            env={**env, "HQ_SECRET_KEY": "bench-only-secret-key-not-for-production-0123456789",
+                 "HQ_LOG_LEVEL": "WARNING"},
             cwd=PROJECT_DIR,
         )
         wait_for_port(HOST, web_port, 60, web)
@@ -519,14 +522,14 @@ def run(cfg: Config) -> Outcome:
         with AdminConn(HOST, port) as admin:
             wait_for_workers(admin, out.function, cfg.workers, 15, workers)
         print(
-            f"gearmand :{port}, capture → {SERVER!r}, daphne :{web_port}, "
+            f"gearmand :{port}, capture → {SERVER!r}, websockets (hq.serve ws) :{web_port}, "
             f"{cfg.workers} PHP workers on {out.function}",
             flush=True,
         )
         try:
             asyncio.run(measure(cfg, procs, out, port, web_port, token))
         finally:
-            for name, proc in (("capture", tap), ("daphne", web)):
+            for name, proc in (("capture", tap), ("web-ws", web)):
                 if not proc.alive():
                     out.notes.append(f"{name} died during the run: {proc.output(1500)}")
             procs.stop(tap, timeout=60)
