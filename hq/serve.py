@@ -6,7 +6,9 @@ clients", ``bench/api_load.py``):
 
 - **HTTP** on ``--bind`` (``HQ_HTTP``, 127.0.0.1:8000): granian's WSGI server (HTTP parsed
   in Rust) with ``HQ_WEB_WORKERS`` processes, each calling Django's WSGI handler
-  (``hq.wsgi``) on ``HQ_WEB_THREADS`` threads. Against gunicorn + uvicorn workers, where
+  (``hq.wsgi``) on ``HQ_WEB_THREADS`` threads (3 × 2 by default: a thread of a busy
+  process waits for the GIL after each database round trip, so more processes with
+  fewer threads keep the tail short). Against gunicorn + uvicorn workers, where
   every request crossed from the event loop to a thread and back, it spends about 40 %
   less CPU per API request. granian respawns a worker that dies, and one whose memory
   stays over ``HQ_WEB_MAX_RSS_MB``.
@@ -99,7 +101,7 @@ def serve_http(bind: str, workers: int) -> None:
 
     host, port = _host_port(bind)
     max_rss = env_int("HQ_WEB_MAX_RSS_MB", 512)
-    threads = env_int("HQ_WEB_THREADS", env_int("HQ_DB_POOL_MAX", 6))
+    threads = env_int("HQ_WEB_THREADS", env_int("HQ_DB_POOL_MAX", 2))
     Granian(
         "hq.wsgi:application", address=host, port=port, interface=Interfaces.WSGI,
         workers=workers, blocking_threads=threads,
@@ -159,8 +161,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="both servers (default), or only one of them")
     p.add_argument("--bind", default=env_str("HQ_HTTP", "127.0.0.1:8000"),
                    help="HTTP HOST:PORT (default HQ_HTTP, else 127.0.0.1:8000)")
-    p.add_argument("--workers", type=int, default=env_int("HQ_WEB_WORKERS", 2),
-                   help="HTTP server processes (default HQ_WEB_WORKERS, else 2)")
+    p.add_argument("--workers", type=int, default=env_int("HQ_WEB_WORKERS", 3),
+                   help="HTTP server processes (default HQ_WEB_WORKERS, else 3)")
     p.add_argument("--ws-bind", default=env_str("HQ_WS", "127.0.0.1:8001"),
                    help="live websocket HOST:PORT (default HQ_WS, else 127.0.0.1:8001)")
     p.add_argument("--ws-workers", type=int, default=env_int("HQ_WS_WORKERS", 2),

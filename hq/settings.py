@@ -87,9 +87,12 @@ if env_str("HQ_TEST_DATABASE", ""):  # lets two test runs share one Postgres
 # connection, or meets any other database error, gets a 503 with Retry-After:
 # HQ_DB_RETRY_AFTER_S (hq/errors.py, hq/middleware.py). Only the web server pools (hq/serve.py sets
 # HQ_PROCESS=web); Celery, the taps, manage.py and the tests keep plain connections.
-HQ_WEB_WORKERS = env_int("HQ_WEB_WORKERS", 2)
-HQ_DB_POOL_MAX = env_int("HQ_DB_POOL_MAX", 6)
-HQ_DB_POOL_MIN = env_int("HQ_DB_POOL_MIN", 2)
+# Few threads per process, more processes: a request's thread waits for the GIL after each
+# database round trip while the process's other threads run; with 6 threads that wait was
+# the find-by-handle p95 (bench/api_load.py: 2 × 6 threads p95 31-39 ms, 3 × 2 17-19 ms).
+HQ_WEB_WORKERS = env_int("HQ_WEB_WORKERS", 3)
+HQ_DB_POOL_MAX = env_int("HQ_DB_POOL_MAX", 2)
+HQ_DB_POOL_MIN = env_int("HQ_DB_POOL_MIN", 1)
 HQ_DB_POOL_TIMEOUT_S = env_int("HQ_DB_POOL_TIMEOUT_S", 10)
 HQ_WEB_DB_CONNECTIONS = env_int("HQ_WEB_DB_CONNECTIONS", 16)
 HQ_WEB_THREADS = env_int("HQ_WEB_THREADS", HQ_DB_POOL_MAX)

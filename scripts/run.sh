@@ -6,7 +6,7 @@
 # Env (all optional):
 #   HQ_HTTP=127.0.0.1:8000        web server address
 #   HQ_WS=<HQ_HTTP host>:8001     the live websocket server's address (pages find it)
-#   HQ_WEB_WORKERS=2              web server processes (HQ_DB_POOL_MAX Postgres connections each)
+#   HQ_WEB_WORKERS=3              web server processes (HQ_DB_POOL_MAX Postgres connections each)
 #   HQ_GEARMAN=127.0.0.1:4730     where Gearman clients (and HQ) connect
 #   HQ_TAP_MODE=capture|proxy     default: capture when we may (root / CAP_NET_RAW), else proxy
 #   HQ_PROXY_LISTEN=$HQ_GEARMAN   proxy mode: the proxy's listen address
