@@ -32,6 +32,10 @@ BENCH_DB = "gearman_hq_bench"
 
 
 def setup_django(database_url: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import prepare_database
+
+    prepare_database(database_url, migrate=False)  # creates it when missing
     os.environ["DATABASE_URL"] = database_url
     import django
     from django.core.management import call_command
